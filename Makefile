@@ -1,0 +1,35 @@
+# Two commands set up and run everything on a fresh machine with Python 3.11:
+#   make demo   create .venv, install pinned dependencies, train on digits
+#   make test   same set-up, then the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# --no-deps: the lock is complete, and the resolver would otherwise pull
+	# the full `tensorflow` wheel in through tf-keras.
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock -r requirements-dev.lock
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) train.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/langevin_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

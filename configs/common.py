@@ -1,0 +1,111 @@
+"""Defaults shared by every regime, readable in one place.
+
+Field names follow docs/style (reference key -> field):
+`epsilon` -> langevin.step_size, `mcmc_temp` -> langevin.temperature,
+`mcmc_step_info[0][0]` -> langevin.num_steps, `[0][2]` ->
+bank.rejuvenation_prob, `max_mcmc_updates` -> bank.max_updates,
+`persistent_size` -> bank.size, `mcmc_init` -> init.source + init.persistent,
+`data_epsilon` -> data.noise_std, `ebm_lr_info` -> optim.ebm_lr,
+`gen_lr_info` -> optim.gen_lr, `max_grad_norm` -> optim.clip_norm,
+`gen_batch_norm` -> generator.batch_stats_in_training.
+"""
+
+import ml_collections
+
+Config = ml_collections.ConfigDict
+
+
+def schedule(*pairs):
+    """Piecewise-constant schedule: `schedule((0, 1e-4), (50000, 1e-5))`."""
+    return [Config(dict(step=s, value=v)) for s, v in pairs]
+
+
+def get_base_config():
+    c = Config()
+    c.regime = "shortrun"
+    c.seed = 0
+
+    c.data = Config(
+        dict(
+            name="digits",
+            image_size=16,
+            channels=1,
+            split="train",
+            data_dir="",  # tfds data dir; "" = ~/tensorflow_datasets
+            manual_dir="",  # imagenet2012 archives
+            path="",  # image folder for name="folder"
+            toy="gmm",  # toy2d density: gmm or rings
+            num_examples=10000,  # toy2d samples
+            noise_std=1e-2,  # std of noise added to data (data_epsilon)
+        )
+    )
+    c.model = Config(
+        dict(
+            ebm="ebm_small",
+            ebm_kwargs=Config(dict(width=16)),
+            generator="gen_small",  # "" for none
+            generator_kwargs=Config(dict(width=32)),
+            latent_dim=32,
+        )
+    )
+    c.langevin = Config(
+        dict(
+            num_steps=40,  # K
+            step_size=5e-3,  # eps: noise std; the drift is (eps^2/2) grad U
+            temperature=1e-4,  # T
+            tau=0.0,  # std of the Gaussian term; 0 = off
+            max_drift_norm=0.0,  # per-sample drift clip; 0 = off
+        )
+    )
+    c.init = Config(
+        dict(
+            # hybrid = generator + persistent; `persistent` ablation = noise +
+            # persistent; `coop` = generator, not persistent;
+            # `data_persistent` = data + persistent.
+            source="generator",
+            persistent=True,
+        )
+    )
+    c.bank = Config(
+        dict(
+            size=10000,
+            rejuvenation_prob=0.5,
+            max_updates=2,  # lifetime cap w; 0 = off
+        )
+    )
+    c.generator = Config(
+        dict(
+            trainable=True,
+            batch_stats_in_training=True,
+            weights="",  # local .weights.h5 or TF checkpoint prefix
+        )
+    )
+    c.optim = Config(
+        dict(
+            ebm_lr=schedule((0, 1e-4)),
+            gen_lr=schedule((0, 1e-4)),
+            clip_norm=0.0,  # per-tensor gradient clip; 0 = off
+        )
+    )
+    c.train = Config(
+        dict(
+            num_steps=1000,
+            batch_size=64,
+            log_every=50,  # steps between scalar summaries
+            image_every=250,  # steps between sample grids
+            checkpoint_every=250,
+            keep_checkpoints=3,
+            jit_compile="auto",  # auto (XLA on GPU/TPU only), on, off
+            strategy="default",  # default, mirrored, multi_worker, tpu
+        )
+    )
+    c.eval = Config(
+        dict(
+            num_samples=1024,
+            batch_size=64,
+            num_steps=60,
+            step_size=5e-3,
+            temperature=1e-4,
+        )
+    )
+    return c

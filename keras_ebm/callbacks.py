@@ -1,0 +1,219 @@
+"""Callbacks for long runs: progress, TensorBoard summaries, sample grids,
+checkpoints."""
+
+import glob
+import os
+import re
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+CHECKPOINT_RE = re.compile(r"ckpt-(\d+)\.weights\.h5$")
+
+
+# === Checkpoints ===
+
+
+def checkpoint_path(workdir, step):
+    return os.path.join(workdir, "checkpoints", f"ckpt-{step:08d}.weights.h5")
+
+
+def list_checkpoints(workdir):
+    """`[(step, path)]` of complete checkpoints, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "ckpt-*.weights.h5")):
+        match = CHECKPOINT_RE.search(path)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(model, workdir, step, keep=3):
+    """Writes everything a resume needs (networks, optimizers, banks, step).
+
+    The file is written under a temporary name and renamed, so a run killed
+    mid-write never leaves a truncated checkpoint that looks complete.
+    """
+    path = checkpoint_path(workdir, step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+    for _, old in list_checkpoints(workdir)[:-keep] if keep > 0 else []:
+        os.remove(old)
+    return path
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves every `every` steps and at the end of training."""
+
+    def __init__(self, workdir, every, last_step, keep=3):
+        super().__init__()
+        self.workdir, self.every, self.last_step, self.keep = (
+            workdir,
+            every,
+            last_step,
+            keep,
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.ebm_optimizer.iterations.numpy())
+        if step % self.every == 0 or step >= self.last_step:
+            save_checkpoint(self.model, self.workdir, step, self.keep)
+
+
+# === Progress ===
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """One bar over the whole run (Keras' own bar restarts every epoch)."""
+
+    def __init__(self, start, total):
+        super().__init__()
+        self.start, self.total = start, total
+
+    def on_train_begin(self, logs=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.total, initial=self.start, unit="step", dynamic_ncols=True
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs and batch % 10 == 0:
+            shown = ("loss", "energy_gap", "drift_norm", "gen_loss")
+            self.bar.set_postfix(
+                {k: f"{float(logs[k]):.3g}" for k in shown if k in logs}
+            )
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+# === Images ===
+
+
+def image_grid(images, columns=8, scale=1):
+    """`[N, H, W, C]` in [-1, 1] -> uint8 grid `[rows*H, columns*W, C]`.
+
+    Only display clips; the chains themselves are never clipped.
+    """
+    images = np.clip((np.asarray(images) + 1.0) * 127.5, 0, 255).astype("uint8")
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 255, "uint8")
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[
+            1 + r * (h + 1) : 1 + r * (h + 1) + h,
+            1 + col * (w + 1) : 1 + col * (w + 1) + w,
+        ] = image
+    if scale > 1:
+        grid = grid.repeat(scale, 0).repeat(scale, 1)
+    return grid
+
+
+def save_png(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    keras.utils.save_img(path, array, scale=False)
+
+
+def scatter_png(path, points, title=""):
+    """A scatter plot of 2-D states (the toy2d analogue of an image grid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+# === Summaries ===
+
+
+class Summaries(keras.callbacks.Callback):
+    """TensorBoard scalars every epoch (= `log_every` steps), image grids and
+    PNGs every `image_every` steps.
+
+    Scalars: every train-step metric (loss, energy_gap, drift_norm, bank_age,
+    gen_loss, ...), both learning rates and the wall time per step. Images:
+    `negatives` (generator or noise init + K Langevin steps, what training
+    sees), `bank` (persistent states) and `generator` (raw `gen(z)`).
+    """
+
+    def __init__(self, workdir, image_every, last_step, num_images=64):
+        super().__init__()
+        self.workdir = workdir
+        self.image_every = image_every
+        self.last_step = last_step
+        self.num_images = num_images
+        self.writer = tf.summary.create_file_writer(
+            os.path.join(workdir, "tensorboard")
+        )
+        self._time = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._time = time.time()
+        self._start = int(self.model.ebm_optimizer.iterations.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model
+        step = int(model.ebm_optimizer.iterations.numpy())
+        with self.writer.as_default(step=step):
+            for name, value in (logs or {}).items():
+                tf.summary.scalar(name, value)
+            tf.summary.scalar("learning_rate/ebm", _lr(model.ebm_optimizer))
+            if model.gen_optimizer is not None:
+                tf.summary.scalar("learning_rate/gen", _lr(model.gen_optimizer))
+            steps = max(step - self._start, 1)
+            tf.summary.scalar("seconds_per_step", (time.time() - self._time) / steps)
+            if model.bank is not None:
+                tf.summary.histogram("bank_counts", model.bank.counts.numpy())
+            if step % self.image_every == 0 or step >= self.last_step:
+                self.write_images(step)
+        self.writer.flush()
+
+    def write_images(self, step):
+        for kind, x in snapshot(self.model, self.num_images).items():
+            path = os.path.join(self.workdir, "samples", f"{kind}_{step:08d}.png")
+            if x.ndim == 2:
+                scatter_png(path, x, f"{kind}, step {step}")
+                continue
+            scale = max(1, 64 // x.shape[1])
+            grid = image_grid(x, scale=scale)
+            save_png(path, grid)
+            tf.summary.image(kind, grid[None])
+
+
+def snapshot(model, num):
+    """What to look at: `{kind: states}` from the model's current state."""
+    seed = tf.constant([model.seed, 3])
+    out = {}
+    if model.bank is not None:
+        out["bank"] = model.bank.states[:num].numpy()
+    if model.init_source == "generator":
+        # Moving statistics: a snapshot must not move the BN statistics.
+        x_init = model.generate(model.latent(num, seed), training=False)
+        out["generator"] = x_init.numpy()
+    elif model.init_source == "noise":
+        x_init, _ = model.fresh_states(num, seed)
+    elif model.bank is not None:
+        x_init = model.bank.states[:num]
+    else:
+        return out
+    out["negatives"] = model.sample(x_init)[0].numpy()
+    return out
+
+
+def _lr(optimizer):
+    lr = optimizer.learning_rate
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)

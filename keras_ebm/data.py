@@ -1,0 +1,240 @@
+"""Input pipelines: tfds datasets, image folders, and two offline datasets.
+
+All images are float32 NHWC in [-1, 1] (`2 * (u8 / 255) - 1`, as the
+reference). `digits` (scikit-learn's bundled handwritten digits) and `toy2d`
+(8-Gaussian mixture and rings, with exact densities) need no network, so the
+demo, the tests and CI run anywhere.
+"""
+
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+TFDS_DATASETS = {"cifar10": 32, "celeb_a": 64, "imagenet2012": 128}
+OFFLINE_DATASETS = ("digits", "toy2d")
+NAMES = tuple(TFDS_DATASETS) + OFFLINE_DATASETS + ("folder",)
+SHUFFLE_BUFFER = 2500  # the reference's
+
+
+class DatasetNotFoundError(RuntimeError):
+    """A dataset is not on disk; the message says how to get it."""
+
+
+# === Offline datasets ===
+
+
+def load_digits(image_size=16):
+    """scikit-learn's 1,797 handwritten 8x8 digits as `(images, labels)`.
+
+    Values 0..16 map to [-1, 1]; `image_size` > 8 resizes bilinearly (the
+    networks prefer a power of two at least 16).
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = bunch.images.astype("float32")[..., None] / 16.0 * 2.0 - 1.0
+    if image_size != 8:
+        images = tf.image.resize(images, (image_size, image_size)).numpy()
+        images = np.clip(images, -1.0, 1.0)
+    return images, bunch.target.astype("int32")
+
+
+def toy2d_sample(name, num, seed=0, sigma=0.15):
+    """Samples of the reference toy densities (`ebm-anatomy` ToyDataset).
+
+    `gmm`: 8 isotropic Gaussians, means on the unit circle, std `sigma`.
+    `rings`: radii 1..4, radial std `sigma`, uniform angle, equal mass.
+    """
+    rng = np.random.default_rng(seed)
+    if name == "gmm":
+        angles = 2 * np.pi * rng.integers(0, 8, num) / 8
+        means = np.stack([np.cos(angles), np.sin(angles)], 1)
+        return (means + sigma * rng.standard_normal((num, 2))).astype("float32")
+    if name == "rings":
+        radius = rng.integers(1, 5, num) + sigma * rng.standard_normal(num)
+        theta = rng.uniform(0, 2 * np.pi, num)
+        xy = np.stack([radius * np.cos(theta), radius * np.sin(theta)], 1)
+        return xy.astype("float32")
+    raise ValueError(f"unknown toy density {name!r}; use 'gmm' or 'rings'")
+
+
+def toy2d_log_density(name, xy, sigma=0.15):
+    """Exact log-density of the toy data at points `xy` `[N, 2]`.
+
+    gmm: a `tfp` mixture of 8 diagonal Gaussians. rings: the reference's
+    `mean_k N(r; k, sigma^2) / (2 pi k)`, k = 1..4 (each ring's radial law
+    spread over the circle of radius k).
+    """
+    import tensorflow_probability as tfp
+
+    tfd = tfp.distributions
+    xy = tf.convert_to_tensor(xy, tf.float32)
+    if name == "gmm":
+        angles = 2 * np.pi * np.arange(8) / 8
+        means = np.stack([np.cos(angles), np.sin(angles)], 1).astype("float32")
+        mix = tfd.MixtureSameFamily(
+            tfd.Categorical(logits=tf.zeros(8)),
+            tfd.MultivariateNormalDiag(means, tf.fill((8, 2), sigma)),
+        )
+        return mix.log_prob(xy)
+    if name == "rings":
+        radius = tf.norm(xy, axis=1)[:, None]
+        k = tf.range(1.0, 5.0)[None, :]
+        log_ring = tfd.Normal(k, sigma).log_prob(radius) - tf.math.log(2 * math.pi * k)
+        return tf.reduce_logsumexp(log_ring, axis=1) - math.log(4.0)
+    raise ValueError(f"unknown toy density {name!r}; use 'gmm' or 'rings'")
+
+
+# === tfds datasets ===
+
+
+def to_unit_range(image):
+    """uint8 `[0, 255]` -> float32 `[-1, 1]`."""
+    return 2.0 * (tf.cast(image, tf.float32) / 255.0) - 1.0
+
+
+def center_crop_resize(image, crop, size):
+    """CelebA: centre `crop x crop`, then antialiased resize to `size`."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    image = tf.image.crop_to_bounding_box(image, top, left, crop, crop)
+    return tf.image.resize(image, (size, size), antialias=True)
+
+
+def resize_random_crop(image, size, seed=None):
+    """ImageNet: resize the short side to `size`, random-crop the long side."""
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    scale = size / tf.minimum(h, w)
+    new = tf.cast(tf.math.ceil(tf.stack([h * scale, w * scale])), tf.int32)
+    image = tf.image.resize(image, tf.maximum(new, size), antialias=True)
+    channels = image.shape[-1] or 3
+    return tf.image.random_crop(image, (size, size, channels), seed=seed)
+
+
+def _preprocess(name, image_size):
+    def fn(example):
+        image = tf.cast(example["image"], tf.float32)
+        if name == "celeb_a":
+            image = center_crop_resize(image, 178, image_size)
+        elif name == "imagenet2012":
+            image = resize_random_crop(image, image_size)
+        elif image.shape[0] != image_size:
+            image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        return to_unit_range(image)
+
+    return fn
+
+
+def tfds_images(name, split="train", data_dir=None, image_size=None, manual_dir=None):
+    """A tfds dataset of images in [-1, 1] (unbatched, not repeated).
+
+    Raises:
+        DatasetNotFoundError: if the dataset is not prepared in `data_dir`;
+            the message names the command that prepares it. (Offline, tfds
+            would otherwise retry its download for minutes.)
+    """
+    import tensorflow_datasets as tfds
+
+    image_size = image_size or TFDS_DATASETS[name]
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not _is_prepared(builder):
+        raise DatasetNotFoundError(_how_to_get(name, builder.data_dir, manual_dir))
+    ds = builder.as_dataset(split=split, shuffle_files=True)
+    return ds.map(_preprocess(name, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _is_prepared(builder):
+    return tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def _how_to_get(name, data_dir, manual_dir):
+    where = f"--config.data.data_dir={os.path.dirname(os.path.dirname(data_dir))}"
+    if name == "imagenet2012":
+        return (
+            f"ImageNet is not prepared under {data_dir}. Download "
+            "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
+            "image-net.org into a manual dir, then run `tfds build "
+            "imagenet2012 --manual_dir=<dir>` (or pass "
+            f"--config.data.manual_dir), and train with {where}"
+        )
+    return (
+        f"{name} is not prepared under {data_dir}. On a machine with network "
+        f"run `tfds build {name}` (or "
+        f"`python -c \"import tensorflow_datasets as tfds; tfds.load('{name}')\"`), "
+        f"copy ~/tensorflow_datasets to this machine and pass {where}"
+    )
+
+
+def folder_images(path, image_size, channels=3):
+    """Images under `path` (any depth of subfolders), resized, in [-1, 1]."""
+    import keras
+
+    if not os.path.isdir(path):
+        raise DatasetNotFoundError(
+            f"image folder {path!r} does not exist; set --config.data.path"
+        )
+    ds = keras.utils.image_dataset_from_directory(
+        path,
+        labels=None,
+        color_mode="rgb" if channels == 3 else "grayscale",
+        image_size=(image_size, image_size),
+        batch_size=None,
+        shuffle=False,
+    )
+    return ds.map(to_unit_range)
+
+
+# === The training stream ===
+
+
+def images(config):
+    """Unbatched images of `config.data` as a tf.data.Dataset or array."""
+    name = config.data.name
+    if name == "digits":
+        return load_digits(config.data.image_size)[0]
+    if name == "toy2d":
+        return toy2d_sample(config.data.toy, config.data.num_examples, config.seed)
+    if name == "folder":
+        return folder_images(
+            config.data.path, config.data.image_size, config.data.channels
+        )
+    return tfds_images(
+        name,
+        config.data.split,
+        config.data.data_dir or None,
+        config.data.image_size,
+        config.data.manual_dir or None,
+    )
+
+
+def train_stream(source, batch_size, seed=0, with_init=False):
+    """Shuffled, repeated, batched stream (`drop_remainder`, static shapes).
+
+    With `with_init`, elements are `{"x": batch, "x_init": batch}` where
+    `x_init` comes from a second, independently shuffled pass, the reference's
+    second iterator for data rejuvenation.
+    """
+
+    def stream(offset):
+        ds = source
+        if not isinstance(ds, tf.data.Dataset):
+            ds = tf.data.Dataset.from_tensor_slices(ds)
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed + offset).repeat()
+        return ds.batch(batch_size, drop_remainder=True)
+
+    ds = stream(0)
+    if with_init:
+        ds = tf.data.Dataset.zip(stream(0), stream(1)).map(
+            lambda x, x_init: {"x": x, "x_init": x_init}
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def take_array(source, num):
+    """The first `num` elements of a dataset or array as a NumPy array."""
+    if isinstance(source, tf.data.Dataset):
+        return np.stack([x.numpy() for x in source.take(num)])
+    return np.asarray(source[:num])

@@ -1,0 +1,53 @@
+"""Replica-aware helpers: strategy choice, per-replica seeds, loss scaling."""
+
+import tensorflow as tf
+
+
+def get_strategy(name="default"):
+    """Returns the `tf.distribute` strategy named by `config.train.strategy`.
+
+    `default` is the no-op single-device strategy; `mirrored` spreads over all
+    local GPUs (or CPUs); `multi_worker` reads `TF_CONFIG`; `tpu` resolves the
+    local TPU.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+def replica_info():
+    """`(replica_id, num_replicas)` of the current replica context."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:  # cross-replica context: act as one replica
+        return tf.constant(0), 1
+    return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+
+
+def replica_seed(seed):
+    """Folds the replica id into a stateless seed.
+
+    Keras seed generators give every replica the same stream, which would
+    correlate Langevin noise and bank draws across replicas.
+    """
+    replica_id, _ = replica_info()
+    return tf.random.experimental.stateless_fold_in(seed, replica_id)
+
+
+def scale_for_replicas(loss):
+    """Divides a hand-written loss by the replica count.
+
+    Keras sums gradients over replicas and does not scale losses computed in
+    `train_step`, so without this the effective learning rate would grow with
+    the number of replicas (the reference divides too).
+    """
+    _, num_replicas = replica_info()
+    return loss / num_replicas

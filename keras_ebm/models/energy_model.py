@@ -1,0 +1,337 @@
+"""`EnergyModel`: maximum-likelihood EBM training with Langevin negatives."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_ebm import distribute
+from keras_ebm.sampling import langevin, potential
+
+INIT_SOURCES = ("noise", "data", "generator")
+
+
+@keras.saving.register_keras_serializable(package="keras_ebm")
+class EnergyModel(keras.Model):
+    """An energy-based model trained by maximum likelihood.
+
+    The gradient of the negative log-likelihood of `p(x) ~ exp(-E(x)/T)` is
+    estimated with negatives `x-` from K Langevin steps:
+
+    `loss = (mean E(x+ + s * n) - mean E(x-)) / T`,  `n ~ N(0, I)`,
+
+    with `s = data_noise_std`. The chains start from a persistent `bank`
+    (rejuvenated at draw time from `init_source`) or, when `bank` is None,
+    from fresh `init_source` samples every step. With a `generator` the model
+    is cooperative (paper Alg. 1): rejuvenation draws `z ~ N(0, I)` and
+    `gen(z)`, and the generator learns to reproduce the revised states,
+
+    `gen_loss = sum ||x- - gen(z)||^2 / B`,
+
+    with no latent inference (z is kept, straight-through). One train step:
+    draw, rejuvenate, Langevin, EBM update, generator update, write back.
+    Shortrun and midrun are configurations of this class.
+
+    Args:
+        energy_net: `[B, ...] -> [B, 1]` network.
+        num_steps: K.
+        step_size: Langevin noise std eps; the drift is `(eps^2/2) grad U`.
+        temperature: T.
+        data_noise_std: std of the noise added to data.
+        bank: optional `SampleBank`; its `latent_dim` must match the
+            generator's when both exist.
+        generator: optional `z -> x` network.
+        init_source: `noise` (U[-1, 1]), `data` (a second data stream, fed
+            as `x_init` in the batch dict) or `generator`.
+        train_generator: update the generator (False: frozen, midrun).
+        generator_batch_stats: call the generator with `training=True`
+            (batch statistics), as the reference's CIFAR-10 shortrun.
+        max_drift_norm: per-sample Langevin drift clip; 0 disables it.
+        prior_net, prior_temperature, tau: optional extra potential terms
+            (see `keras_ebm.sampling.potential`); the prior is frozen.
+        seed: base of the stateless seeds; step t uses `fold_in(seed, t)`,
+            so a resumed run continues the same random stream.
+    """
+
+    def __init__(
+        self,
+        energy_net,
+        num_steps,
+        step_size,
+        temperature=1.0,
+        data_noise_std=0.0,
+        bank=None,
+        generator=None,
+        init_source="noise",
+        train_generator=True,
+        generator_batch_stats=False,
+        max_drift_norm=0.0,
+        prior_net=None,
+        prior_temperature=1.0,
+        tau=0.0,
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if init_source not in INIT_SOURCES:
+            raise ValueError(
+                f"init_source must be one of {INIT_SOURCES}, got {init_source!r}"
+            )
+        if init_source == "generator" and generator is None:
+            raise ValueError("init_source='generator' needs a generator")
+        self.energy_net = energy_net
+        self.num_steps = num_steps
+        self.step_size = step_size
+        self.temperature = temperature
+        self.data_noise_std = data_noise_std
+        self.bank = bank
+        self.generator = generator
+        self.init_source = init_source
+        self.train_generator = train_generator and generator is not None
+        self.generator_batch_stats = generator_batch_stats
+        self.max_drift_norm = max_drift_norm
+        self.prior_net = prior_net
+        self.prior_temperature = prior_temperature
+        self.tau = tau
+        self.seed = seed
+        self.state_shape = tuple(energy_net.image_shape)
+        if generator is not None:
+            generator.trainable = self.train_generator
+        if prior_net is not None:
+            prior_net.trainable = False
+        self.potential = potential(
+            self.energy,
+            temperature=temperature,
+            prior_fn=None if prior_net is None else self.prior_energy,
+            prior_temperature=prior_temperature,
+            tau=tau,
+        )
+
+        # === Metrics ===
+        names = ["loss", "energy_gap", "energy_pos", "energy_neg"]
+        names += ["drift_norm", "drift_norm_path"]
+        if bank is not None:
+            names += ["bank_age", "rejuvenated"]
+        if self.train_generator:
+            names += ["gen_loss"]
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self._sampler = None
+        self.build((None,) + self.state_shape)
+
+    def build(self, input_shape):
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, x):
+        return self.energy_net(x, training=False)
+
+    def energy(self, x):
+        """Raw energies `E(x)` of shape `[B]`."""
+        return ops.reshape(self.energy_net(x, training=False), (-1,))
+
+    def prior_energy(self, x):
+        return ops.reshape(self.prior_net(x, training=False), (-1,))
+
+    # === Compilation ===
+
+    def compile(self, ebm_optimizer, gen_optimizer=None, **kwargs):
+        """Stores both optimizers and builds their slots now.
+
+        Building here, not lazily, lets a checkpoint written after step t be
+        loaded into a fresh model before its first step.
+        """
+        super().compile(optimizer=ebm_optimizer, **kwargs)
+        self.ebm_optimizer = self.optimizer
+        self.ebm_optimizer.build(self.energy_net.trainable_variables)
+        self.gen_optimizer = None
+        if self.train_generator:
+            if gen_optimizer is None:
+                raise ValueError("a trained generator needs gen_optimizer")
+            self.gen_optimizer = gen_optimizer
+            gen_optimizer.build(self.generator.trainable_variables)
+
+    # === Initialization sources ===
+
+    def _step_seeds(self, num):
+        step = ops.cast(self.ebm_optimizer.iterations, "int32")
+        seed = tf.random.experimental.stateless_fold_in([self.seed, 0], step)
+        seed = distribute.replica_seed(seed)
+        return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+    def latent(self, batch_size, seed):
+        return tf.random.stateless_normal((batch_size, self.generator.latent_dim), seed)
+
+    def generate(self, z, training=False):
+        return self.generator(z, training=training)
+
+    def fresh_states(self, batch_size, seed, x_data=None):
+        """`(x, z)` from the init source; z is None without a generator."""
+        if self.init_source == "generator":
+            z = self.latent(batch_size, seed)
+            return self.generate(z, self.generator_batch_stats), z
+        if self.init_source == "data":
+            if x_data is None:
+                raise ValueError("init_source='data' needs `x_init` batches")
+            return x_data, None
+        shape = (batch_size,) + self.state_shape
+        return tf.random.stateless_uniform(shape, seed, -1.0, 1.0), None
+
+    def initialize_bank(self, data=None, seed=None):
+        """Fills the bank from the init source (data: `[N, ...]` array)."""
+        seed = [self.seed, 1] if seed is None else seed
+        n, b = self.bank.num_states, self.bank.batch_size
+        if self.init_source == "data":
+            self.bank.fill(ops.convert_to_tensor(data[:n]))
+            return
+        xs, zs = [], []
+        for i in range(n // b):
+            chunk_seed = tf.random.experimental.stateless_fold_in(seed, i)
+            x, z = self.fresh_states(b, chunk_seed)
+            xs.append(x)
+            zs.append(z)
+        latents = ops.concatenate(zs, 0) if self.bank.latents is not None else None
+        self.bank.fill(ops.concatenate(xs, 0), latents)
+
+    # === Training ===
+
+    def train_step(self, data):
+        if isinstance(data, dict):
+            x_pos, x_data = data["x"], data.get("x_init")
+        else:
+            x_pos, x_data = data, None
+        batch_size = x_pos.shape[0]
+        s_draw, s_mask, s_fresh, s_mcmc, s_pos = self._step_seeds(5)
+        metrics = {}
+
+        # Draw and rejuvenate at draw time (ebm-life-cycle `train.py`; the
+        # paper's Algorithm 1 rejuvenates after the update).
+        x_init, z = self.fresh_states(batch_size, s_fresh, x_data)
+        if self.bank is not None:
+            replica_id, num_replicas = distribute.replica_info()
+            idx = self.bank.draw_indices(s_draw, replica_id, num_replicas)
+            x_old, counts, z_old = self.bank.draw(idx)
+            mask = self.bank.rejuvenation_mask(counts, s_mask)
+            x_init = ops.where(_rows(mask, x_init), x_init, x_old)
+            if z is not None and z_old is not None:
+                z = ops.where(mask[:, None], z, z_old)
+            counts = ops.where(mask, 0, counts + 1)
+            metrics["rejuvenated"] = ops.mean(ops.cast(mask, "float32"))
+
+        x_neg, stats = langevin(
+            self.potential,
+            ops.stop_gradient(x_init),
+            num_steps=self.num_steps,
+            step_size=self.step_size,
+            seed=s_mcmc,
+            max_drift_norm=self.max_drift_norm,
+        )
+        x_neg = ops.stop_gradient(x_neg)
+
+        # ML update of the EBM: one forward pass over positives and negatives.
+        noise = tf.random.stateless_normal(tf.shape(x_pos), s_pos)
+        x_pos = x_pos + self.data_noise_std * noise
+        ebm_vars = self.energy_net.trainable_variables
+        with tf.GradientTape() as tape:
+            e = self.energy(ops.concatenate([x_pos, x_neg], 0))
+            e_pos, e_neg = e[:batch_size], e[batch_size:]
+            gap = ops.mean(e_pos) - ops.mean(e_neg)
+            loss = gap / self.temperature
+            scaled = distribute.scale_for_replicas(loss)
+        self.ebm_optimizer.apply(tape.gradient(scaled, ebm_vars), ebm_vars)
+
+        if self.train_generator:
+            gen_vars = self.generator.trainable_variables
+            with tf.GradientTape() as tape:
+                x_gen = self.generate(z, self.generator_batch_stats)
+                gen_loss = ops.sum(ops.square(x_neg - x_gen)) / batch_size
+                scaled = distribute.scale_for_replicas(gen_loss)
+            self.gen_optimizer.apply(tape.gradient(scaled, gen_vars), gen_vars)
+            metrics["gen_loss"] = gen_loss
+
+        if self.bank is not None:
+            self.bank.update(idx, x_neg, counts, z)
+            metrics["bank_age"] = self.bank.mean_age()
+
+        metrics.update(
+            loss=loss,
+            energy_gap=gap,
+            energy_pos=ops.mean(e_pos),
+            energy_neg=ops.mean(e_neg),
+            drift_norm=stats.last_drift_norm,
+            drift_norm_path=stats.drift_norm,
+        )
+        for name, value in metrics.items():
+            self.trackers[name].update_state(value)
+        return {m.name: m.result() for m in self.metrics}
+
+    # === Sampling ===
+
+    def sample(self, x, num_steps=None, seed=None):
+        """Langevin from `x` under the model's potential (compiled, cached).
+
+        Args:
+            x: initial states `[B, ...]`.
+            num_steps: K; defaults to the training K.
+            seed: stateless seed `[2]`; defaults to the model seed.
+
+        Returns:
+            `(x_K, LangevinStats)`.
+        """
+        if self._sampler is None:
+            jit = self.jit_compile if self.compiled else False
+
+            def run(x, num_steps, seed):
+                return langevin(
+                    self.potential,
+                    x,
+                    num_steps=num_steps,
+                    step_size=self.step_size,
+                    seed=seed,
+                    max_drift_norm=self.max_drift_norm,
+                )
+
+            self._sampler = tf.function(
+                run, jit_compile=bool(jit), reduce_retracing=True
+            )
+        num_steps = self.num_steps if num_steps is None else num_steps
+        seed = tf.constant([self.seed, 2] if seed is None else seed)
+        return self._sampler(ops.convert_to_tensor(x), num_steps, seed)
+
+    # === Serialization ===
+
+    def get_config(self):
+        config = super().get_config()
+        ser = keras.saving.serialize_keras_object
+        config.update(
+            energy_net=ser(self.energy_net),
+            num_steps=self.num_steps,
+            step_size=self.step_size,
+            temperature=self.temperature,
+            data_noise_std=self.data_noise_std,
+            bank=ser(self.bank) if self.bank is not None else None,
+            generator=ser(self.generator) if self.generator is not None else None,
+            init_source=self.init_source,
+            train_generator=self.train_generator,
+            generator_batch_stats=self.generator_batch_stats,
+            max_drift_norm=self.max_drift_norm,
+            prior_net=ser(self.prior_net) if self.prior_net is not None else None,
+            prior_temperature=self.prior_temperature,
+            tau=self.tau,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("energy_net", "bank", "generator", "prior_net"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def _rows(mask, x):
+    """Broadcasts a `[B]` mask against `[B, ...]`."""
+    return ops.reshape(mask, (-1,) + (1,) * (len(x.shape) - 1))

@@ -1,0 +1,70 @@
+"""Network registry: `build(name, **kwargs)` returns a built Keras model.
+
+- `ebm_sngan32/64/128`: the reference EBMs, 4,204,800 / 19,542,720 /
+  38,419,136 parameters.
+- `gen_sngan32/64/128`: the reference generators, 4,280,323 / 12,226,563 /
+  32,160,771 parameters (moving statistics included).
+- `ebm_small`, `gen_small`: narrow versions of the same blocks (digits).
+- `ebm_toy`, `gen_toy`: MLPs for 2-D toy data (ToyNet: 10,593).
+"""
+
+from keras_ebm.networks.sngan import SNGANEnergyNet, SNGANGenerator
+from keras_ebm.networks.toy import MLP
+
+_T, _F = True, False
+
+
+def _halving(width, size):
+    """Block widths `width, width/2, ...` taking a 4x4 map up to `size`."""
+    num_blocks = max(int(size).bit_length() - 3, 1)  # log2(size / 4)
+    return [max(width >> i, 8) for i in range(num_blocks)]
+
+
+def _gen(base, channels, image_shape=None, **kwargs):
+    """An SNGAN generator whose output must match `image_shape` if given."""
+    if image_shape is not None:
+        kwargs["out_channels"] = image_shape[-1]
+    gen = SNGANGenerator(base, channels, **kwargs)
+    if image_shape is not None and tuple(image_shape) != gen.image_shape:
+        raise ValueError(
+            f"this generator makes {gen.image_shape} images, not {image_shape}"
+        )
+    return gen
+
+
+_REGISTRY = {
+    "ebm_sngan32": lambda image_shape=(32, 32, 3), **kw: SNGANEnergyNet(
+        [256, 256, 256, 256], [_T, _F, _F], image_shape, **kw
+    ),
+    "ebm_sngan64": lambda image_shape=(64, 64, 3), **kw: SNGANEnergyNet(
+        [64, 128, 256, 512, 1024], [_T, _T, _T, _T], image_shape, **kw
+    ),
+    "ebm_sngan128": lambda image_shape=(128, 128, 3), **kw: SNGANEnergyNet(
+        [64, 128, 256, 512, 1024, 1024], [_T, _T, _T, _T, _F], image_shape, **kw
+    ),
+    "ebm_small": lambda image_shape=(16, 16, 1), width=32, **kw: SNGANEnergyNet(
+        [width, 2 * width, 2 * width], [_T, _F], image_shape, **kw
+    ),
+    "gen_sngan32": lambda **kw: _gen(256, [256, 256, 256], **kw),
+    "gen_sngan64": lambda **kw: _gen(1024, [512, 256, 128, 64], **kw),
+    "gen_sngan128": lambda **kw: _gen(1024, [1024, 512, 256, 128, 64], **kw),
+    "gen_small": lambda width=64, image_shape=(16, 16, 1), **kw: _gen(
+        width, _halving(width, image_shape[0]), image_shape=image_shape, **kw
+    ),
+    "ebm_toy": lambda image_shape=(2,), **kw: MLP(image_shape[0], 1, **kw),
+    "gen_toy": lambda latent_dim=2, image_shape=(2,), **kw: MLP(
+        latent_dim, image_shape[0], **kw
+    ),
+}
+
+NAMES = tuple(_REGISTRY)
+
+
+def build(name, **kwargs):
+    """Builds the registered network `name`; kwargs go to its constructor."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown network {name!r}; known: {', '.join(NAMES)}")
+    return _REGISTRY[name](**kwargs)
+
+
+__all__ = ["MLP", "NAMES", "SNGANEnergyNet", "SNGANGenerator", "build"]

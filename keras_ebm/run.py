@@ -1,0 +1,318 @@
+"""`train(config, workdir)`: everything `train.py` does, testable.
+
+A run directory holds `config.json`, `checkpoints/`, `tensorboard/` and
+`samples/`. Running the same command again resumes from the newest
+checkpoint.
+"""
+
+import json
+import logging
+import math
+import os
+
+import keras
+import numpy as np
+
+from keras_ebm import callbacks, data, distribute, networks, regimes
+from keras_ebm.models import EnergyModel
+from keras_ebm.sampling import SampleBank
+
+log = logging.getLogger("keras_ebm")
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the field."""
+
+
+# === Config checks ===
+
+
+def _require(ok, field, message):
+    if not ok:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def check_config(config):
+    """Validates `config` before anything is built or written."""
+    _require(
+        config.regime in regimes.NAMES,
+        "regime",
+        f"unknown regime {config.regime!r}; known: {', '.join(regimes.NAMES)}",
+    )
+    _require(
+        config.data.name in data.NAMES,
+        "data.name",
+        f"unknown dataset {config.data.name!r}; known: {', '.join(data.NAMES)}",
+    )
+    _require(config.data.image_size > 0, "data.image_size", "must be positive")
+    _require(config.data.noise_std >= 0, "data.noise_std", "must be >= 0")
+    _require(
+        config.model.ebm in networks.NAMES,
+        "model.ebm",
+        f"unknown network {config.model.ebm!r}",
+    )
+    _require(
+        not config.model.generator or config.model.generator in networks.NAMES,
+        "model.generator",
+        f"unknown network {config.model.generator!r}",
+    )
+    lv = config.langevin
+    _require(
+        lv.num_steps >= 1, "langevin.num_steps", f"must be >= 1, got {lv.num_steps}"
+    )
+    _require(
+        lv.step_size > 0, "langevin.step_size", f"must be positive, got {lv.step_size}"
+    )
+    _require(
+        lv.temperature > 0,
+        "langevin.temperature",
+        f"must be positive, got {lv.temperature}",
+    )
+    _require(lv.tau >= 0, "langevin.tau", "must be >= 0")
+    _require(lv.max_drift_norm >= 0, "langevin.max_drift_norm", "must be >= 0")
+    _require(
+        config.init.source in ("noise", "data", "generator"),
+        "init.source",
+        "must be noise, data or generator",
+    )
+    _require(
+        config.init.source != "generator" or config.model.generator,
+        "init.source",
+        "'generator' needs config.model.generator",
+    )
+    tr = config.train
+    _require(tr.batch_size >= 1, "train.batch_size", "must be >= 1")
+    if config.init.persistent:
+        _require(
+            config.bank.size >= tr.batch_size,
+            "bank.size",
+            f"bank ({config.bank.size}) is smaller than the batch ({tr.batch_size})",
+        )
+    _require(
+        0 <= config.bank.rejuvenation_prob <= 1,
+        "bank.rejuvenation_prob",
+        "must be in [0, 1]",
+    )
+    _require(config.bank.max_updates >= 0, "bank.max_updates", "must be >= 0")
+    _require(tr.num_steps >= 1, "train.num_steps", "must be >= 1")
+    _require(
+        tr.log_every >= 1 and tr.num_steps % tr.log_every == 0,
+        "train.log_every",
+        "must divide train.num_steps",
+    )
+    for field in ("checkpoint_every", "image_every"):
+        every = tr[field]
+        _require(
+            every >= 1 and every % tr.log_every == 0,
+            f"train.{field}",
+            "must be a positive multiple of train.log_every",
+        )
+    _require(
+        str(tr.jit_compile) in ("auto", "on", "off"),
+        "train.jit_compile",
+        "must be auto, on or off",
+    )
+    _require(
+        tr.strategy in ("default", "mirrored", "multi_worker", "tpu"),
+        "train.strategy",
+        "must be default, mirrored, multi_worker or tpu",
+    )
+    for field in ("ebm_lr", "gen_lr"):
+        sched = config.optim[field]
+        _require(
+            len(sched) > 0 and sched[0].step == 0,
+            f"optim.{field}",
+            "needs an entry at step 0",
+        )
+        _require(
+            all(e.value > 0 for e in sched),
+            f"optim.{field}",
+            "learning rates must be positive",
+        )
+        steps = [e.step for e in sched]
+        _require(steps == sorted(set(steps)), f"optim.{field}", "steps must increase")
+    _require(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
+
+
+# === Building ===
+
+
+def state_shape(config):
+    if config.data.name == "toy2d":
+        return (2,)
+    size = config.data.image_size
+    return (size, size, config.data.channels)
+
+
+def learning_rate(schedule):
+    """Piecewise-constant schedule `[{step, value}]` as a Keras schedule."""
+    if len(schedule) == 1:
+        return schedule[0].value
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        [e.step for e in schedule[1:]], [e.value for e in schedule]
+    )
+
+
+def _optimizer(schedule, clip_norm):
+    # Keras Adam defaults (beta 0.9/0.999, eps 1e-7) are the reference's;
+    # `clipnorm` clips each gradient tensor on its own, as the reference does.
+    return keras.optimizers.Adam(learning_rate(schedule), clipnorm=clip_norm or None)
+
+
+def build_model(config):
+    """The compiled model of `config` (call inside `strategy.scope()`)."""
+    shape = state_shape(config)
+    energy_net = networks.build(
+        config.model.ebm, image_shape=shape, **config.model.ebm_kwargs
+    )
+    generator = None
+    if config.model.generator and config.init.source == "generator":
+        generator = networks.build(
+            config.model.generator,
+            image_shape=shape,
+            latent_dim=config.model.latent_dim,
+            **config.model.generator_kwargs,
+        )
+        if config.generator.weights:
+            load_weights(generator, config.generator.weights)
+    bank = None
+    if config.init.persistent:
+        bank = SampleBank(
+            config.bank.size,
+            config.train.batch_size,
+            shape,
+            latent_dim=config.model.latent_dim if generator is not None else 0,
+            rejuvenation_prob=config.bank.rejuvenation_prob,
+            max_updates=config.bank.max_updates,
+        )
+    model = EnergyModel(
+        energy_net,
+        num_steps=config.langevin.num_steps,
+        step_size=config.langevin.step_size,
+        temperature=config.langevin.temperature,
+        data_noise_std=config.data.noise_std,
+        bank=bank,
+        generator=generator,
+        init_source=config.init.source,
+        train_generator=config.generator.trainable,
+        generator_batch_stats=config.generator.batch_stats_in_training,
+        max_drift_norm=config.langevin.max_drift_norm,
+        tau=config.langevin.tau,
+        seed=config.seed,
+    )
+    jit = {"auto": "auto", "on": True, "off": False}[str(config.train.jit_compile)]
+    model.compile(
+        _optimizer(config.optim.ebm_lr, config.optim.clip_norm),
+        _optimizer(config.optim.gen_lr, config.optim.clip_norm)
+        if model.train_generator
+        else None,
+        jit_compile=jit,
+    )
+    return model
+
+
+def load_weights(net, path):
+    """Loads a network's weights from a Keras `.weights.h5` file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    net.load_weights(path)
+
+
+# === Training ===
+
+
+def _check_workdir(config, workdir):
+    """Refuses to mix runs: a workdir's config may differ only in length."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(config.to_json_best_effort())
+    old.get("train", {}).pop("num_steps", None)
+    new.get("train", {}).pop("num_steps", None)
+    if old != new:
+        diff = sorted(_diff(old, new))
+        raise ConfigError(
+            f"{workdir} holds a run with another config (differs in "
+            f"{', '.join(diff)}); choose another --workdir or remove it"
+        )
+
+
+def _diff(a, b, prefix=""):
+    for key in set(a) | set(b):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            yield from _diff(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            yield f"{prefix}{key}"
+
+
+def train(config, workdir):
+    """Trains (or resumes) the model of `config` in `workdir`.
+
+    Returns:
+        The trained `EnergyModel`.
+    """
+    # Everything that can fail on bad input runs before anything is written.
+    check_config(config)
+    _check_workdir(config, workdir)
+    source = data.images(config)
+    strategy = distribute.get_strategy(config.train.strategy)
+    with strategy.scope():
+        model = build_model(config)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    log.info("config: %s", config.to_json_best_effort(sort_keys=True))
+    if model.bank is not None:
+        log.info(
+            "bank: %d states (requested %d)", model.bank.num_states, config.bank.size
+        )
+
+    saved = callbacks.list_checkpoints(workdir)
+    if saved:
+        step, path = saved[-1]
+        model.load_weights(path)
+        log.info("resumed from step %d (%s)", step, path)
+        print(f"Resumed from step {step}: {path}")
+    else:
+        step = 0
+        if model.bank is not None:
+            init = None
+            if config.init.source == "data":
+                init = _tile(
+                    data.take_array(source, model.bank.num_states),
+                    model.bank.num_states,
+                )
+            model.initialize_bank(init)
+        callbacks.save_checkpoint(model, workdir, 0, config.train.keep_checkpoints)
+
+    tr = config.train
+    if step >= tr.num_steps:
+        log.info("already trained for %d steps", step)
+        return model
+    stream = data.train_stream(
+        source, tr.batch_size, config.seed, with_init=config.init.source == "data"
+    )
+    model.fit(
+        stream,
+        epochs=tr.num_steps // tr.log_every,
+        steps_per_epoch=tr.log_every,
+        initial_epoch=step // tr.log_every,
+        verbose=0,
+        shuffle=False,  # the stream is shuffled already
+        callbacks=[
+            callbacks.ProgressBar(step, tr.num_steps),
+            callbacks.Summaries(workdir, tr.image_every, tr.num_steps),
+            callbacks.Checkpointer(
+                workdir, tr.checkpoint_every, tr.num_steps, tr.keep_checkpoints
+            ),
+        ],
+    )
+    return model
+
+
+def _tile(array, num):
+    """Repeats a small dataset to fill a larger bank."""
+    reps = math.ceil(num / len(array))
+    return np.concatenate([array] * reps)[:num]

@@ -1,0 +1,159 @@
+"""A persistent bank of MCMC states, kept in Keras variables."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_ebm")
+class SampleBank(keras.layers.Layer):
+    """Persistent chain states with per-state update counts and latents.
+
+    Each training step draws `B` distinct states uniformly, decides which to
+    rejuvenate, runs Langevin on them and writes them back in place with a
+    scatter. A state is rejuvenated when `u < p` (`u ~ U(0, 1)`), or when its
+    count exceeds the lifetime cap `w` (if `w > 0`); its count then restarts
+    at 0, otherwise it grows by one per draw (ebm-life-cycle `train.py`).
+
+    The effective size is `B * floor(size / B)`, as in the reference, so that
+    a bank of 10000 at batch 128 holds 9984 states. The same type serves the
+    longrun burn-in and update banks.
+
+    Args:
+        size: requested number of states.
+        batch_size: states drawn per step (the global batch).
+        state_shape: shape of one state, e.g. `(32, 32, 3)`.
+        latent_dim: width of the paired latent bank; 0 for none.
+        rejuvenation_prob: p.
+        max_updates: lifetime cap w; 0 disables it.
+    """
+
+    def __init__(
+        self,
+        size,
+        batch_size,
+        state_shape,
+        latent_dim=0,
+        rejuvenation_prob=0.0,
+        max_updates=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if batch_size <= 0 or size < batch_size:
+            raise ValueError(
+                f"bank size ({size}) must be at least the batch size ({batch_size})"
+            )
+        if not 0.0 <= rejuvenation_prob <= 1.0:
+            raise ValueError(
+                f"rejuvenation_prob must be in [0, 1], got {rejuvenation_prob}"
+            )
+        self.size = size
+        self.batch_size = batch_size
+        self.state_shape = tuple(state_shape)
+        self.latent_dim = latent_dim
+        self.rejuvenation_prob = rejuvenation_prob
+        self.max_updates = max_updates
+        self.num_states = batch_size * (size // batch_size)
+
+        def var(name, shape, dtype="float32"):
+            return self.add_weight(
+                name=name,
+                shape=shape,
+                dtype=dtype,
+                initializer="zeros",
+                trainable=False,
+                autocast=False,
+                aggregation="only_first_replica",
+            )
+
+        n = self.num_states
+        self.states = var("states", (n,) + self.state_shape)
+        self.counts = var("counts", (n,), "int32")
+        self.latents = var("latents", (n, latent_dim)) if latent_dim else None
+        self.built = True
+
+    def draw_indices(self, seed, replica_id=0, num_replicas=1):
+        """Distinct indices, uniform over this replica's slice of the bank.
+
+        The top-k of i.i.d. uniforms is a uniform draw without replacement.
+        With R replicas, replica r draws `B / R` states from the r-th of R
+        equal slices, so replicas never collide on a state.
+        """
+        n_local = self.num_states // num_replicas
+        u = tf.random.stateless_uniform((n_local,), seed)
+        top = tf.math.top_k(u, self.batch_size // num_replicas, sorted=False)
+        return top.indices + replica_id * n_local
+
+    def draw(self, indices):
+        """Returns `(states, counts, latents or None)` at `indices`."""
+        latents = None
+        if self.latents is not None:
+            latents = ops.take(self.latents, indices, axis=0)
+        return (
+            ops.take(self.states, indices, axis=0),
+            ops.take(self.counts, indices, axis=0),
+            latents,
+        )
+
+    def rejuvenation_mask(self, counts, seed):
+        """Boolean `[B]`: `u < p`, or `counts > w` when the cap is on."""
+        u = tf.random.stateless_uniform(tf.shape(counts), seed)
+        mask = u < self.rejuvenation_prob
+        if self.max_updates > 0:
+            mask = mask | (counts > self.max_updates)
+        return mask
+
+    def update(self, indices, states, counts, latents=None):
+        """Writes rows back in place.
+
+        Under a `tf.distribute` strategy the rows of every replica are
+        gathered first and every replica applies the same scatter, so the one
+        global bank stays identical everywhere and is saved whole.
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            indices, states, counts = ctx.all_gather([indices, states, counts], axis=0)
+            if latents is not None:
+                latents = ctx.all_gather(latents, axis=0)
+        idx = indices[:, None]
+        _scatter(self.states, idx, states)
+        _scatter(self.counts, idx, counts)
+        if latents is not None:
+            _scatter(self.latents, idx, latents)
+
+    def fill(self, states, latents=None, counts=None):
+        """Overwrites the whole bank (initialization)."""
+        self.states.assign(states)
+        self.counts.assign(
+            ops.zeros((self.num_states,), "int32") if counts is None else counts
+        )
+        if latents is not None:
+            self.latents.assign(latents)
+
+    def mean_age(self):
+        return ops.mean(ops.cast(self.counts, "float32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            size=self.size,
+            batch_size=self.batch_size,
+            state_shape=self.state_shape,
+            latent_dim=self.latent_dim,
+            rejuvenation_prob=self.rejuvenation_prob,
+            max_updates=self.max_updates,
+        )
+        return config
+
+
+def _scatter(variable, indices, rows):
+    """In-place scatter; a whole-tensor assign on distributed variables.
+
+    `scatter_nd_update` touches only the B rows, but mirrored variables do
+    not implement it, so under a strategy we pay a full copy instead.
+    """
+    target = variable.value
+    if tf.distribute.has_strategy():
+        variable.assign(tf.tensor_scatter_nd_update(target, indices, rows))
+    else:
+        target.scatter_nd_update(indices, rows)

@@ -1,0 +1,31 @@
+"""Trains an EBM.
+
+    python train.py                                      # shortrun on digits
+    python train.py --regime=shortrun --dataset=cifar10  # the paper's setup
+    python train.py --config.langevin.num_steps=60       # any field
+    python train.py --workdir=runs/mine                  # output folder
+
+Re-running the same command resumes from the newest checkpoint.
+"""
+
+import logging
+
+from absl import app
+
+from keras_ebm import cli, run
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger("keras_ebm").setLevel(logging.INFO)
+    config, workdir = cli.resolved()
+    try:
+        run.train(config, workdir)
+    except (run.ConfigError, run.data.DatasetNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"Done. Outputs in {workdir} (tensorboard --logdir {workdir})")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)
