@@ -66,7 +66,9 @@ class SNGANEnergyNet(keras.Model):
         self.blocks = [
             EBMBlock(image_shape[-1], channels[0], True, stem=True, name="conv_1")
         ]
-        for i, (c_in, c_out, d) in enumerate(zip(channels[:-1], channels[1:], down, strict=True)):
+        for i, (c_in, c_out, d) in enumerate(
+            zip(channels[:-1], channels[1:], down, strict=True)
+        ):
             self.blocks.append(EBMBlock(c_in, c_out, d, name=f"block{i + 2}"))
         n = len(channels) + 1
         self.head = layers.Dense(1, use_bias=False, name=f"lin_{n}")
