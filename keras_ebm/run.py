@@ -118,19 +118,16 @@ def check_config(config):
         "must be default, mirrored, multi_worker or tpu",
     )
     for field in ("ebm_lr", "gen_lr"):
-        sched = config.optim[field]
+        steps, rates = config.optim[field].steps, config.optim[field].rates
         _require(
-            len(sched) > 0 and sched[0].step == 0,
+            len(steps) == len(rates) > 0 and steps[0] == 0,
             f"optim.{field}",
-            "needs an entry at step 0",
+            "needs as many steps as rates, the first at step 0",
         )
+        _require(all(v > 0 for v in rates), f"optim.{field}", "must be positive")
         _require(
-            all(e.value > 0 for e in sched),
-            f"optim.{field}",
-            "learning rates must be positive",
+            list(steps) == sorted(set(steps)), f"optim.{field}", "steps must increase"
         )
-        steps = [e.step for e in sched]
-        _require(steps == sorted(set(steps)), f"optim.{field}", "steps must increase")
     _require(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
 
 
@@ -145,11 +142,11 @@ def state_shape(config):
 
 
 def learning_rate(schedule):
-    """Piecewise-constant schedule `[{step, value}]` as a Keras schedule."""
-    if len(schedule) == 1:
-        return schedule[0].value
+    """A `{steps, rates}` schedule as a Keras piecewise-constant schedule."""
+    if len(schedule.rates) == 1:
+        return schedule.rates[0]
     return keras.optimizers.schedules.PiecewiseConstantDecay(
-        [e.step for e in schedule[1:]], [e.value for e in schedule]
+        list(schedule.steps[1:]), list(schedule.rates)
     )
 
 

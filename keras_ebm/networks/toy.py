@@ -27,6 +27,11 @@ class MLP(keras.Model):
     def image_shape(self):
         return (self.out_dim,)
 
+    @property
+    def latent_dim(self):
+        """Input width, when the MLP serves as a generator."""
+        return self.in_dim
+
     def call(self, x, training=False):
         for layer in self.hidden:
             x = self.act(layer(x))

@@ -1,0 +1,18 @@
+"""Test set-up: two logical CPUs (for MirroredStrategy tests), quiet TF."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    # tf.test.TestCase.test_session is a context manager, not a test.
+    items[:] = [item for item in items if item.name != "test_session"]

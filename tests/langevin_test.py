@@ -1,0 +1,111 @@
+"""The Langevin core against closed forms, compile modes and its contract."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+from keras_ebm.sampling import langevin, potential
+
+
+def half_square(x):
+    """E(x) = ||x||^2 / 2 per sample: the stationary law at T=1 is N(0, I)."""
+    return 0.5 * tf.reduce_sum(tf.square(x), axis=1)
+
+
+class LangevinTest(tf.test.TestCase, parameterized.TestCase):
+    def test_gaussian_stationary_law(self):
+        # 4096 chains x 2 dims from x = 3: mean 0, variance 1 (keras3-notes §8).
+        x0 = tf.fill((4096, 2), 3.0)
+        u = potential(half_square, temperature=1.0)
+        run = tf.function(
+            lambda x: langevin(
+                u, x, num_steps=2000, step_size=0.1, seed=tf.constant([7, 7])
+            )
+        )
+        x, stats = run(x0)
+        x = x.numpy()
+        # ULA at step eps has variance 1 / (1 - eps^2/4) ~ 1.0025: within tol.
+        self.assertAllClose(x.mean(0), [0.0, 0.0], atol=0.06)
+        self.assertAllClose(x.var(0), [1.0, 1.0], atol=0.08)
+        # Drift at the end: E||0.005 x|| over 2 dims ~ 0.005 * sqrt(pi/2).
+        self.assertAllClose(stats.last_drift_norm, 0.005 * 1.2533, rtol=0.1)
+
+    def test_temperature_scales_the_law(self):
+        # U = E/T with E = ||x||^2/2 gives N(0, T I).
+        u = potential(half_square, temperature=0.25)
+        x, _ = tf.function(
+            lambda x: langevin(
+                u, x, num_steps=1500, step_size=0.05, seed=tf.constant([1, 2])
+            )
+        )(tf.zeros((4096, 2)))
+        self.assertAllClose(x.numpy().var(0), [0.25, 0.25], rtol=0.1)
+
+    def test_tau_term_is_not_tempered(self):
+        # With a zero network energy, only ||x||^2/(2 tau^2) remains: N(0, tau^2)
+        # whatever T is (the reference divides only network terms by T).
+        zero = lambda x: tf.zeros(tf.shape(x)[:1])
+        u = potential(zero, temperature=1e-4, tau=0.5)
+        x, _ = tf.function(
+            lambda x: langevin(
+                u, x, num_steps=1500, step_size=0.1, seed=tf.constant([3, 4])
+            )
+        )(tf.zeros((4096, 2)))
+        self.assertAllClose(x.numpy().var(0), [0.25, 0.25], rtol=0.1)
+
+    def test_prior_term(self):
+        u = potential(
+            half_square, temperature=2.0, prior_fn=half_square, prior_temperature=2.0
+        )
+        x = tf.constant([[1.0, -2.0]])
+        self.assertAllClose(u(x), [2.5 / 2 + 2.5 / 2])
+
+    def test_injected_noise_matches_hand_update(self):
+        x0 = tf.constant([[1.0, 2.0], [-1.0, 0.5]])
+        noise = tf.random.normal((3, 2, 2), seed=1)
+        u = potential(half_square, temperature=0.5)
+        x, stats = langevin(u, x0, num_steps=3, step_size=0.2, noise=noise)
+        expected = x0.numpy()
+        for k in range(3):
+            expected = expected - 0.02 * expected / 0.5 + 0.2 * noise[k].numpy()
+        self.assertAllClose(x, expected, atol=1e-6)
+
+    @pytest.mark.slow
+    def test_xla_equals_graph_with_injected_noise(self):
+        from keras_ebm import networks
+
+        net = networks.build("ebm_small", image_shape=(8, 8, 1), width=8)
+        u = potential(lambda x: net(x, training=False), temperature=1e-2)
+        x0 = tf.random.uniform((4, 8, 8, 1), -1, 1, seed=2)
+        noise = tf.random.normal((5, 4, 8, 8, 1), seed=3)
+
+        def run(x, noise):
+            return langevin(u, x, num_steps=5, step_size=0.05, noise=noise)
+
+        graph = tf.function(run, jit_compile=False)(x0, noise)
+        xla = tf.function(run, jit_compile=True)(x0, noise)
+        self.assertAllClose(graph[0], xla[0], atol=1e-5)
+        self.assertAllClose(graph[1].drift_norm, xla[1].drift_norm, rtol=1e-4)
+
+    def test_drift_clip(self):
+        big = lambda x: 1e6 * tf.reduce_sum(x, axis=1)
+        x, stats = langevin(
+            big,
+            tf.zeros((3, 4)),
+            num_steps=1,
+            step_size=0.1,
+            noise=tf.zeros((1, 3, 4)),
+            max_drift_norm=0.5,
+        )
+        self.assertAllClose(np.linalg.norm(x.numpy(), axis=1), [0.5] * 3, rtol=1e-5)
+        self.assertAllClose(stats.last_drift_norm, 0.5, rtol=1e-5)
+
+    def test_bad_arguments(self):
+        u = potential(half_square)
+        x = tf.zeros((2, 2))
+        with self.assertRaisesRegex(ValueError, "exactly one"):
+            langevin(u, x, num_steps=1, step_size=0.1)
+        with self.assertRaisesRegex(ValueError, "step_size"):
+            langevin(u, x, num_steps=1, step_size=-0.1, seed=tf.constant([0, 0]))
+        with self.assertRaisesRegex(ValueError, "temperatures"):
+            potential(half_square, temperature=0.0)

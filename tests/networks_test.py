@@ -1,0 +1,88 @@
+"""Network golden numbers (reference parameter counts) and contracts."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+from keras_ebm import networks
+
+# (test name, network, total, trainable): reference-implementation.md §2, §6.
+REFERENCE_COUNTS = [
+    (name, name, total, trainable)
+    for name, total, trainable in [
+        ("ebm_sngan32", 4_204_800, 4_204_800),
+        ("ebm_sngan64", 19_542_720, 19_542_720),
+        ("ebm_sngan128", 38_419_136, 38_419_136),
+        ("gen_sngan32", 4_280_323, 4_276_739),
+        ("gen_sngan64", 12_226_563, 12_220_675),
+        ("gen_sngan128", 32_160_771, 32_150_787),
+        ("ebm_toy", 10_593, 10_593),
+    ]
+]
+
+
+def _count(variables):
+    return int(sum(np.prod(v.shape) for v in variables))
+
+
+class NetworksTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(*REFERENCE_COUNTS)
+    def test_reference_parameter_counts(self, name, total, trainable):
+        net = networks.build(name)
+        self.assertEqual(net.count_params(), total)
+        self.assertEqual(_count(net.trainable_weights), trainable)
+
+    def test_reference_checkpoint_names(self):
+        ebm = networks.build("ebm_sngan32")
+        names = {"/".join(v.path.split("/")[1:]) for v in ebm.weights}
+        for key in (
+            "conv_1/conv_1/kernel",
+            "conv_1/sc/kernel",
+            "block2/sc/kernel",
+            "block4/conv_2/bias",
+            "lin_5/kernel",
+        ):
+            self.assertIn(key, names)
+        self.assertNotIn("block3/sc/kernel", names)
+        gen = networks.build("gen_sngan32")
+        names = {"/".join(v.path.split("/")[1:]) for v in gen.weights}
+        for key in ("lin_1/kernel", "block2/bn_1/moving_mean", "bn_5/gamma"):
+            self.assertIn(key, names)
+        self.assertEqual(tuple(gen.get_layer("conv_5").kernel.shape), (3, 3, 256, 3))
+
+    def test_energy_shape_and_generator_range(self):
+        ebm = networks.build("ebm_small", image_shape=(16, 16, 1), width=8)
+        self.assertEqual(tuple(ebm(tf.zeros((5, 16, 16, 1))).shape), (5, 1))
+        gen = networks.build("gen_small", image_shape=(16, 16, 1), latent_dim=4)
+        x = gen(tf.random.normal((5, 4)) * 10, training=True)
+        self.assertEqual(tuple(x.shape), (5, 16, 16, 1))
+        self.assertLessEqual(float(tf.reduce_max(tf.abs(x))), 1.0)
+
+    def test_batch_norm_epsilon(self):
+        default = networks.build("gen_small", image_shape=(8, 8, 1), latent_dim=4)
+        torch_like = networks.build(
+            "gen_small", image_shape=(8, 8, 1), latent_dim=4, bn_epsilon=1e-5
+        )
+        self.assertEqual(default.get_layer("bn_3").epsilon, 1e-3)
+        self.assertEqual(torch_like.get_layer("bn_3").epsilon, 1e-5)
+
+    def test_generator_in_batch_stats_mode_moves_statistics(self):
+        gen = networks.build("gen_small", image_shape=(8, 8, 1), latent_dim=4)
+        bn = gen.get_layer("bn_3")
+        before = bn.moving_mean.numpy().copy()
+        gen(tf.random.normal((8, 4)), training=False)
+        self.assertAllEqual(bn.moving_mean, before)
+        gen(tf.random.normal((8, 4)), training=True)
+        self.assertNotAllClose(bn.moving_mean, before)
+
+    def test_config_round_trip(self):
+        ebm = networks.build("ebm_small", image_shape=(8, 8, 1), width=8)
+        clone = ebm.__class__.from_config(ebm.get_config())
+        self.assertEqual(clone.count_params(), ebm.count_params())
+
+    def test_unknown_name_and_bad_shape(self):
+        with self.assertRaisesRegex(ValueError, "unknown network"):
+            networks.build("ebm_resnet")
+        with pytest.raises(ValueError, match="makes"):
+            networks.build("gen_sngan32", image_shape=(64, 64, 3))

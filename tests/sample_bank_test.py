@@ -1,0 +1,69 @@
+"""Bank semantics: distinct draws, rejuvenation rules, in-place write-back."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ebm.sampling import SampleBank
+
+
+class SampleBankTest(tf.test.TestCase):
+    def test_effective_size_rounds_down_to_batch_multiple(self):
+        self.assertEqual(SampleBank(10000, 128, (2,)).num_states, 9984)
+        self.assertEqual(SampleBank(25000, 128, (2,)).num_states, 24960)
+
+    def test_draws_are_distinct_and_uniform(self):
+        bank = SampleBank(64, 16, (2,))
+        hits = np.zeros(64)
+        for i in range(400):
+            idx = bank.draw_indices(tf.constant([i, 0])).numpy()
+            self.assertLen(set(idx), 16)
+            hits[idx] += 1
+        # Each state is drawn with probability 1/4: 100 of 400 draws expected.
+        self.assertAllClose(hits.mean(), 100.0)
+        self.assertLess(np.abs(hits - 100).max(), 45)
+
+    def test_replicas_draw_from_their_own_slice(self):
+        bank = SampleBank(64, 16, (2,))
+        idx = bank.draw_indices(tf.constant([0, 0]), replica_id=1, num_replicas=2)
+        self.assertLen(idx, 8)
+        self.assertTrue(np.all((idx.numpy() >= 32) & (idx.numpy() < 64)))
+
+    def test_rejuvenation_probability_and_cap(self):
+        counts = tf.constant([0, 1, 2, 3, 4, 0, 0, 0])
+        seed = tf.constant([1, 1])
+        never = SampleBank(8, 8, (2,), rejuvenation_prob=0.0, max_updates=2)
+        self.assertAllEqual(never.rejuvenation_mask(counts, seed), counts.numpy() > 2)
+        always = SampleBank(8, 8, (2,), rejuvenation_prob=1.0)
+        self.assertTrue(np.all(always.rejuvenation_mask(counts, seed)))
+        no_cap = SampleBank(8, 8, (2,), rejuvenation_prob=0.0, max_updates=0)
+        self.assertFalse(np.any(no_cap.rejuvenation_mask(counts + 100, seed)))
+        half = SampleBank(8, 8, (2,), rejuvenation_prob=0.3)
+        rate = np.mean(
+            [
+                half.rejuvenation_mask(tf.zeros(8, "int32"), tf.constant([i, 9]))
+                for i in range(500)
+            ]
+        )
+        self.assertAllClose(rate, 0.3, atol=0.03)
+
+    def test_update_writes_rows_in_place(self):
+        bank = SampleBank(8, 4, (3,), latent_dim=2)
+        bank.fill(tf.zeros((8, 3)), tf.zeros((8, 2)))
+        state_var = bank.states.value
+        idx = tf.constant([1, 5, 6, 7])
+        rows = tf.reshape(tf.range(12, dtype=tf.float32), (4, 3))
+        bank.update(idx, rows, tf.constant([1, 2, 3, 4]), tf.ones((4, 2)))
+        self.assertIs(bank.states.value, state_var)
+        states, counts, latents = bank.draw(idx)
+        self.assertAllEqual(states, rows)
+        self.assertAllEqual(counts, [1, 2, 3, 4])
+        self.assertAllEqual(latents, tf.ones((4, 2)))
+        untouched = bank.draw(tf.constant([0, 2, 3, 4]))
+        self.assertAllEqual(untouched[0], tf.zeros((4, 3)))
+        self.assertAllEqual(untouched[1], [0, 0, 0, 0])
+
+    def test_bad_sizes(self):
+        with self.assertRaisesRegex(ValueError, "at least the batch"):
+            SampleBank(8, 16, (2,))
+        with self.assertRaisesRegex(ValueError, "rejuvenation_prob"):
+            SampleBank(16, 8, (2,), rejuvenation_prob=1.5)
