@@ -91,7 +91,7 @@ def get_base_config():
         dict(
             trainable=True,
             batch_stats_in_training=True,
-            weights="",  # local .weights.h5 or TF checkpoint prefix
+            weights="",  # local .weights.h5, or a TF checkpoint prefix
         )
     )
     c.optim = Config(

@@ -88,10 +88,10 @@ def get_config(arg="digits"):
         c.optim.ebm_lr = common.schedule((0, 1e-3))
         c.optim.gen_lr = common.schedule((0, 1e-3))
         c.train.update(
-            num_steps=2000,
+            num_steps=10000,
             batch_size=100,
-            log_every=100,
-            image_every=500,
+            log_every=500,
+            image_every=2500,
             checkpoint_every=500,
         )
     elif arg == "cifar10":

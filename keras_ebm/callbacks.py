@@ -183,7 +183,9 @@ class Summaries(keras.callbacks.Callback):
         self.writer.flush()
 
     def write_images(self, step):
-        for kind, x in snapshot(self.model, self.num_images).items():
+        # 2-D states are shown as a scatter plot, which needs many more points.
+        num = self.num_images if len(self.model.state_shape) > 1 else 2000
+        for kind, x in snapshot(self.model, num).items():
             path = os.path.join(self.workdir, "samples", f"{kind}_{step:08d}.png")
             if x.ndim == 2:
                 scatter_png(path, x, f"{kind}, step {step}")

@@ -171,7 +171,7 @@ def build_model(config):
             **config.model.generator_kwargs,
         )
         if config.generator.weights:
-            load_weights(generator, config.generator.weights)
+            networks.load_weights(generator, config.generator.weights)
     bank = None
     if config.init.persistent:
         bank = SampleBank(
@@ -206,13 +206,6 @@ def build_model(config):
         jit_compile=jit,
     )
     return model
-
-
-def load_weights(net, path):
-    """Loads a network's weights from a Keras `.weights.h5` file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file {path!r} does not exist")
-    net.load_weights(path)
 
 
 # === Training ===

@@ -30,7 +30,7 @@ def one_step(model, config, seed=0):
     if model.init_source == "data":
         x = {"x": x, "x_init": data_batch(config, seed + 100)}
     ds = tf.data.Dataset.from_tensors(x).repeat()
-    return model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0).history
+    return model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False).history
 
 
 def variables_by_path(model):

@@ -86,3 +86,55 @@ class NetworksTest(tf.test.TestCase, parameterized.TestCase):
             networks.build("ebm_resnet")
         with pytest.raises(ValueError, match="makes"):
             networks.build("gen_sngan32", image_shape=(64, 64, 3))
+
+
+class ReferenceCheckpointTest(tf.test.TestCase):
+    def _write_reference_style(self, net, prefix, root_prefix, drop=None):
+        """A stand-in TF checkpoint with the reference's key layout."""
+        root = tf.Module()
+        holder = tf.Module()
+        if root_prefix:
+            setattr(root, root_prefix, holder)
+        else:
+            holder = root
+        values = {}
+        for var in net.weights:
+            name = var.path.split("/", 1)[1]
+            if name == drop:
+                continue
+            node = holder
+            *parts, leaf = name.split("/")
+            for part in parts:
+                if not hasattr(node, part):
+                    setattr(node, part, tf.Module())
+                node = getattr(node, part)
+            values[name] = (
+                np.random.default_rng(len(values))
+                .normal(size=var.shape)
+                .astype("float32")
+            )
+            setattr(node, leaf, tf.Variable(values[name]))
+        tf.train.Checkpoint(root=root).write(prefix)
+        return values
+
+    def test_loads_reference_keys(self):
+        net = networks.build("ebm_small", image_shape=(8, 8, 1), width=4)
+        prefix = self.get_temp_dir() + "/ebm"
+        values = self._write_reference_style(net, prefix, "layer_with_weights-0")
+        networks.load_weights(net, prefix)
+        for var in net.weights:
+            self.assertAllEqual(var, values[var.path.split("/", 1)[1]])
+
+    def test_missing_key_assigns_nothing(self):
+        net = networks.build("gen_small", image_shape=(8, 8, 1), latent_dim=4)
+        prefix = self.get_temp_dir() + "/gen"
+        self._write_reference_style(net, prefix, None, drop="lin_1/kernel")
+        before = [v.numpy() for v in net.weights]
+        with self.assertRaisesRegex(ValueError, "lin_1/kernel: 0 matching"):
+            networks.load_weights(net, prefix)
+        for a, b in zip(before, net.weights, strict=True):
+            self.assertAllEqual(a, b)
+        with self.assertRaisesRegex(FileNotFoundError, "no TF checkpoint"):
+            networks.load_weights(net, self.get_temp_dir() + "/nothing")
+        with self.assertRaisesRegex(FileNotFoundError, "does not exist"):
+            networks.load_weights(net, self.get_temp_dir() + "/x.weights.h5")

@@ -10,6 +10,7 @@
 
 from keras_ebm.networks.sngan import SNGANEnergyNet, SNGANGenerator
 from keras_ebm.networks.toy import MLP
+from keras_ebm.networks.weights import load_tf_checkpoint, load_weights
 
 _T, _F = True, False
 
@@ -67,4 +68,12 @@ def build(name, **kwargs):
     return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["MLP", "NAMES", "SNGANEnergyNet", "SNGANGenerator", "build"]
+__all__ = [
+    "MLP",
+    "NAMES",
+    "SNGANEnergyNet",
+    "SNGANGenerator",
+    "build",
+    "load_tf_checkpoint",
+    "load_weights",
+]
