@@ -8,7 +8,9 @@
 Re-running the same command resumes from the newest checkpoint.
 """
 
+import glob
 import logging
+import os
 
 from absl import app
 
@@ -24,7 +26,10 @@ def main(argv):
         run.train(config, workdir)
     except (run.ConfigError, run.data.DatasetNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
+    grids = sorted(glob.glob(os.path.join(workdir, "samples", "negatives_*.png")))
     print(f"Done. Outputs in {workdir} (tensorboard --logdir {workdir})")
+    if grids:
+        print(f"Latest samples: {grids[-1]}")
 
 
 if __name__ == "__main__":
