@@ -12,9 +12,11 @@ import glob
 import logging
 import os
 
-from absl import app
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO lines drown the bar
 
-from keras_ebm import cli, run
+from absl import app  # noqa: E402
+
+from keras_ebm import cli, run  # noqa: E402
 
 
 def main(argv):

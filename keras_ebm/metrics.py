@@ -8,9 +8,7 @@ def activation_statistics(activations: np.ndarray) -> tuple:
     """Mean `[D]` and unbiased covariance `[D, D]` of `[N, D]` activations."""
     activations = np.asarray(activations, np.float64)
     if activations.ndim != 2 or len(activations) < 2:
-        raise ValueError(
-            f"need [N >= 2, D] activations, got shape {activations.shape}"
-        )
+        raise ValueError(f"need [N >= 2, D] activations, got shape {activations.shape}")
     return activations.mean(0), np.cov(activations, rowvar=False)
 
 
@@ -47,4 +45,6 @@ def fid_from_statistics(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 def fid_from_activations(act1: np.ndarray, act2: np.ndarray) -> float:
     """FID between two sets of `[N, D]` activations (see
     `fid_from_statistics`)."""
-    return fid_from_statistics(*activation_statistics(act1), *activation_statistics(act2))
+    return fid_from_statistics(
+        *activation_statistics(act1), *activation_statistics(act2)
+    )
