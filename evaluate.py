@@ -1,21 +1,38 @@
-"""Evaluates a trained run (FID, sample grids, export).
+"""Evaluates a trained run: FID along the chains, sample grids.
 
-Evaluation comes with the evaluation issue; until then this script only says
-so. It takes the same flags as `train.py`.
+    python evaluate.py                                  # the digits demo run
+    python evaluate.py --regime=shortrun --dataset=cifar10 \
+        --config.eval.inception_graph=/path/classify_image_graph_def.pb
+    python evaluate.py --workdir=runs/mine --config.eval.milestones='(0,100,1000)'
+    python evaluate.py --export       # SavedModel with energy/sample/purify/generate
+
+Takes the same flags as train.py; the workdir's newest checkpoint is used.
+Outputs go to <workdir>/eval/ (results.json, fid_curve.csv/png, sample grids).
 """
 
-from absl import app
+import os
 
-from keras_ebm import cli
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags  # noqa: E402
+
+from keras_ebm import cli, run  # noqa: E402
+
+flags.DEFINE_bool("export", False, "write a SavedModel to <workdir>/export instead")
 
 
 def main(argv):
-    del argv
-    _, workdir = cli.resolved()
-    print(
-        f"evaluate.py: evaluation of {workdir} comes with evaluation "
-        "(FID, trajectory FID, SavedModel export); nothing was done."
-    )
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config, workdir = cli.resolved()
+    try:
+        if flags.FLAGS.export:
+            run.export(config, workdir)
+            return
+        run.evaluate(config, workdir)
+    except (run.ConfigError, run.data.DatasetNotFoundError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"Results in {os.path.join(workdir, 'eval')}")
 
 
 if __name__ == "__main__":

@@ -115,11 +115,20 @@ def get_base_config():
     )
     c.eval = Config(
         dict(
-            num_samples=1024,
-            batch_size=64,
-            num_steps=60,
+            num_samples=512,  # chains for FID (compare FIDs at equal N)
+            batch_size=128,
+            num_steps=40,  # Langevin steps of the headline FID
+            milestones=(0, 10, 40, 100, 300, 1000),  # FID along the chains
             step_size=1e-2,
             temperature=1e-4,
+            backbone="digits",  # digits, inception_ttur, inception_keras
+            classifier_workdir="runs/classifier/digits",  # digits backbone
+            inception_graph="",  # local classify_image_graph_def.pb
+            download=False,  # fetch the TTUR graph (machines with network)
+            inception_sha256="",  # expected archive hash; "" = record on first use
+            inception_weights="imagenet",  # inception_keras weights (path ok)
+            cache_dir="",  # data statistics; "" = <workdir>/fid_cache
+            data_split="train",  # reference set, as the reference
         )
     )
     return c

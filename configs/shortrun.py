@@ -54,8 +54,10 @@ def _reference(
         num_samples=49920,
         batch_size=96,
         num_steps=eval_steps,
+        milestones=(0, 50, 100, 200, eval_steps, 1000, 10000),
         step_size=step_size,
         temperature=temperature,
+        backbone="inception_ttur",
     )
 
 
@@ -77,7 +79,7 @@ def get_config(arg="digits"):
         c.train.update(
             num_steps=4, batch_size=8, log_every=2, image_every=2, checkpoint_every=2
         )
-        c.eval.update(num_samples=16, batch_size=8, num_steps=3)
+        c.eval.update(num_samples=16, batch_size=8, num_steps=3, milestones=(0, 3))
     elif arg == "toy2d":
         c.data.update(image_size=2, channels=1, noise_std=0.0)
         c.model.update(ebm="ebm_toy", generator="gen_toy", latent_dim=2)

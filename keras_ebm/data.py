@@ -187,6 +187,47 @@ def folder_images(path, image_size, channels=3):
     return ds.map(to_unit_range)
 
 
+def labeled(config, split):
+    """`(images, labels)` arrays of a split, for classifiers.
+
+    digits: a stratified held-out split (`classifier.test_fraction`) of the
+    1,797 images; tfds datasets: their own `train` / `test` splits.
+    """
+    name = config.data.name
+    if name == "digits":
+        from sklearn.model_selection import train_test_split
+
+        images, labels = load_digits(config.data.image_size)
+        parts = train_test_split(
+            images,
+            labels,
+            test_size=config.classifier.test_fraction,
+            random_state=0,
+            stratify=labels,
+        )
+        return (parts[0], parts[2]) if split == "train" else (parts[1], parts[3])
+    if name not in TFDS_DATASETS:
+        raise ValueError(f"no labeled splits for dataset {name!r}")
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=config.data.data_dir or None)
+    if not _is_prepared(builder):
+        raise DatasetNotFoundError(_how_to_get(name, builder.data_dir, None))
+    ds = builder.as_dataset(split=split)
+    pre = _preprocess(name, config.data.image_size)
+    ds = ds.map(lambda ex: (pre(ex), ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
+    images, labels = zip(*ds.as_numpy_iterator(), strict=True)
+    return np.stack(images), np.asarray(labels, "int32")
+
+
+def augment(image, pad=4):
+    """Pad 4 + random crop + random horizontal flip (WRN training)."""
+    size = image.shape[0]
+    image = tf.image.resize_with_crop_or_pad(image, size + 2 * pad, size + 2 * pad)
+    image = tf.image.random_crop(image, tf.shape(image) - [2 * pad, 2 * pad, 0])
+    return tf.image.random_flip_left_right(image)
+
+
 # === The training stream ===
 
 

@@ -243,6 +243,11 @@ def train(config, workdir):
     Returns:
         The trained `EnergyModel`.
     """
+    if config.regime == "classifier":
+        from keras_ebm import classify
+
+        _check_workdir(config, workdir)
+        return classify.train(config, workdir)[0]
     # Everything that can fail on bad input runs before anything is written.
     check_config(config)
     _check_workdir(config, workdir)
@@ -306,3 +311,148 @@ def _tile(array, num):
     """Repeats a small dataset to fill a larger bank."""
     reps = math.ceil(num / len(array))
     return np.concatenate([array] * reps)[:num]
+
+
+# === Evaluation ===
+
+
+def load_trained(config, workdir):
+    """The model of a run directory at its newest checkpoint."""
+    saved = callbacks.list_checkpoints(workdir)
+    if not saved:
+        raise FileNotFoundError(
+            f"no checkpoint in {workdir}/checkpoints; train first with the same flags"
+        )
+    step, path = saved[-1]
+    model = build_model(config)
+    model.load_weights(path)
+    return model, step
+
+
+def evaluate(config, workdir):
+    """Shortrun evaluation: FID along the evaluation chains and sample grids.
+
+    Chains start from the regime's init (generator `gen(z)` with moving BN
+    statistics, as the reference FID; or noise, or bank states), take
+    `eval.num_steps` Langevin steps at `eval.step_size` / `eval.temperature`,
+    and FID is measured at every `eval.milestones` step count on the same
+    chains. Writes `eval/results.json`, `eval/fid_curve.{csv,png}`,
+    `eval/samples_<steps>.png` and TensorBoard summaries.
+
+    Returns:
+        The results dict.
+    """
+    import tensorflow as tf
+
+    from keras_ebm import fid
+
+    check_config(config)
+    ev = config.eval
+    if config.data.name == "toy2d":
+        raise ConfigError("config.data.name: FID is not defined for toy2d")
+    model, step = load_trained(config, workdir)
+    net = fid.backbone(config)
+    out = os.path.join(workdir, "eval")
+    os.makedirs(out, exist_ok=True)
+    cache_dir = ev.cache_dir or os.path.join(workdir, "fid_cache")
+    data_name = f"{config.data.name}_{ev.data_split}_{config.data.image_size}"
+    cache = os.path.join(cache_dir, f"{data_name}_{net.name}.npz")
+    images = data.take_array(data.images(config), ev.num_samples)
+    stats = fid.data_statistics(images, net, cache)
+
+    def sample_init(b):
+        seed = tf.constant([config.seed + 1000, b])
+        if model.init_source == "generator":
+            z = model.latent(ev.batch_size, seed)
+            return model.generate(z, training=False)
+        if model.init_source == "noise" or model.bank is None:
+            return model.fresh_states(ev.batch_size, seed)[0]
+        idx = (
+            tf.range(b * ev.batch_size, (b + 1) * ev.batch_size) % model.bank.num_states
+        )
+        return model.bank.draw(idx)[0]
+
+    first = {}
+
+    def advance(x, num_steps, b, segment):
+        x, _ = model.sample(
+            x,
+            num_steps,
+            seed=[b, segment],
+            step_size=ev.step_size,
+            temperature=ev.temperature,
+        )
+        if b == 0:
+            first[segment] = x.numpy()
+        return x
+
+    milestones = sorted(set(ev.milestones) | {ev.num_steps})
+    state = os.path.join(out, f"trajectory_step{step}.npz")
+    results = fid.trajectory_fid(
+        sample_init,
+        advance,
+        net,
+        stats,
+        ev.num_samples,
+        ev.batch_size,
+        milestones,
+        state_path=state,
+    )
+    headline = results[ev.num_steps]
+    summary = {
+        "checkpoint_step": step,
+        "backbone": net.name,
+        "num_samples": ev.num_samples,
+        "eval_steps": ev.num_steps,
+        "fid": headline,
+        "fid_along_chain": {str(k): v for k, v in results.items()},
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out, "fid_curve.csv"), "w") as f:
+        f.write("langevin_steps,fid\n")
+        f.writelines(f"{k},{v:.6f}\n" for k, v in sorted(results.items()))
+    fid.save_curve(
+        results,
+        os.path.join(out, "fid_curve.png"),
+        f"{config.data.name}, {net.name} FID, step {step}",
+    )
+    for segment, m in enumerate(milestones):
+        if segment in first:
+            callbacks.save_png(
+                os.path.join(out, f"samples_{m:06d}.png"),
+                callbacks.image_grid(
+                    first[segment][:64], scale=max(1, 64 // first[segment].shape[1])
+                ),
+            )
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", "eval"))
+    with writer.as_default(step=step):
+        tf.summary.scalar(f"fid/{net.name}", headline)
+        for k, v in results.items():
+            tf.summary.scalar(f"fid_along_chain/{net.name}/{k:06d}", v)
+    writer.flush()
+    print(f"\n{'Langevin steps':>15} | FID ({net.name}, {ev.num_samples} samples)")
+    for k, v in sorted(results.items()):
+        mark = "  <- eval.num_steps" if k == ev.num_steps else ""
+        print(f"{k:>15} | {v:10.3f}{mark}")
+    return summary
+
+
+def export(config, workdir):
+    """Exports the newest checkpoint of a run as a SavedModel in
+    `<workdir>/export` (see `keras_ebm.export`)."""
+    from keras_ebm import export as export_lib
+
+    model, step = load_trained(config, workdir)
+    path = os.path.join(workdir, "export")
+    ev = config.eval
+    export_lib.export(
+        model,
+        path,
+        purify_steps=config.langevin.num_steps,
+        eval_steps=ev.num_steps,
+        eval_step_size=ev.step_size,
+        eval_temperature=ev.temperature,
+    )
+    print(f"SavedModel of step {step} written to {path}")
+    return path

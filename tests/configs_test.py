@@ -8,7 +8,7 @@ import pytest
 from absl import app
 from absl.testing import parameterized
 
-from configs import shortrun
+from configs import classifier, shortrun
 from keras_ebm import cli, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +54,18 @@ class ConfigsTest(parameterized.TestCase):
         with self.assertRaisesRegex(run.ConfigError, f"config.{field}"):
             run.check_config(config)
 
+    @parameterized.parameters("digits", "smoke", "cifar10")
+    def test_classifier_presets(self, dataset):
+        c = classifier.get_config(dataset)
+        self.assertEqual(c.regime, "classifier")
+        if dataset == "cifar10":  # ebm-life-cycle configs_clf/cifar10_wrn.py
+            cc = c.classifier
+            self.assertEqual(
+                (cc.batch_size, cc.epochs, cc.weight_decay), (96, 100, 5e-4)
+            )
+            self.assertEqual(tuple(cc.lr.steps), (0, 40, 60))
+            self.assertEqual(tuple(cc.lr.rates), (0.1, 0.01, 0.001))
+
     def test_unknown_preset(self):
         with self.assertRaisesRegex(ValueError, "unknown dataset"):
             shortrun.get_config("mnist")
@@ -65,6 +77,8 @@ class ConfigsTest(parameterized.TestCase):
         self.assertIn(f"--config={REPO}/configs/shortrun.py:digits", argv)
         argv = cli.resolve_argv(["train.py", "--config=x.py:y"])
         self.assertEqual(argv, ["train.py", "--config=x.py:y"])
+        argv = cli.resolve_argv(["train.py", "--regime=classifier"])
+        self.assertIn(f"--config={REPO}/configs/classifier.py:digits", argv)
         with self.assertRaisesRegex(app.UsageError, "later|known"):
             cli.resolve_argv(["train.py", "--regime=longrun"])
         with self.assertRaisesRegex(app.UsageError, "unknown --regime"):

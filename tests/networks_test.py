@@ -138,3 +138,28 @@ class ReferenceCheckpointTest(tf.test.TestCase):
             networks.load_weights(net, self.get_temp_dir() + "/nothing")
         with self.assertRaisesRegex(FileNotFoundError, "does not exist"):
             networks.load_weights(net, self.get_temp_dir() + "/x.weights.h5")
+
+
+class ClassifierNetworksTest(tf.test.TestCase):
+    def test_wide_resnet_28_10_matches_the_original_count(self):
+        # 36,489,290 trainable parameters: the PyTorch WRN-28-10 the
+        # reference ports (convolutions with biases).
+        wrn = networks.build("clf_wrn28_10")
+        self.assertEqual(_count(wrn.trainable_weights), 36_489_290)
+
+    def test_weight_decay_is_half_squared_norm_of_all_variables(self):
+        wrn = networks.WideResNet(depth=10, width=1, weight_decay=1e-2)
+        x = tf.zeros((2, 32, 32, 3))
+        self.assertEqual(tuple(wrn(x).shape), (2, 10))
+        self.assertEmpty(wrn.losses)
+        wrn(x, training=True)
+        expected = 1e-2 * sum(
+            float(tf.reduce_sum(tf.square(v))) / 2 for v in wrn.trainable_variables
+        )
+        self.assertAllClose(float(sum(wrn.losses)), expected, rtol=1e-5)
+
+    def test_digits_cnn_features(self):
+        cnn = networks.build("clf_digits", image_shape=(16, 16, 1))
+        x = tf.zeros((3, 16, 16, 1))
+        self.assertEqual(tuple(cnn.features(x).shape), (3, 128))
+        self.assertEqual(tuple(cnn(x).shape), (3, 10))

@@ -98,13 +98,7 @@ class EnergyModel(keras.Model):
             generator.trainable = self.train_generator
         if prior_net is not None:
             prior_net.trainable = False
-        self.potential = potential(
-            self.energy,
-            temperature=temperature,
-            prior_fn=None if prior_net is None else self.prior_energy,
-            prior_temperature=prior_temperature,
-            tau=tau,
-        )
+        self.potential = self.potential_at(temperature)
 
         # === Metrics ===
         names = ["loss", "energy_gap", "energy_pos", "energy_neg"]
@@ -114,7 +108,7 @@ class EnergyModel(keras.Model):
         if self.train_generator:
             names += ["gen_loss"]
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
-        self._sampler = None
+        self._samplers = {}
         self.build((None,) + self.state_shape)
 
     def build(self, input_shape):
@@ -268,36 +262,52 @@ class EnergyModel(keras.Model):
 
     # === Sampling ===
 
-    def sample(self, x, num_steps=None, seed=None):
+    def sample(self, x, num_steps=None, seed=None, step_size=None, temperature=None):
         """Langevin from `x` under the model's potential (compiled, cached).
 
         Args:
             x: initial states `[B, ...]`.
             num_steps: K; defaults to the training K.
             seed: stateless seed `[2]`; defaults to the model seed.
+            step_size, temperature: override the training eps and T
+                (evaluation configs may differ).
 
         Returns:
             `(x_K, LangevinStats)`.
         """
-        if self._sampler is None:
+        step_size = step_size or self.step_size
+        temperature = temperature or self.temperature
+        key = (step_size, temperature)
+        if key not in self._samplers:
             jit = self.jit_compile if self.compiled else False
+            u = self.potential_at(temperature)
 
             def run(x, num_steps, seed):
                 return langevin(
-                    self.potential,
+                    u,
                     x,
                     num_steps=num_steps,
-                    step_size=self.step_size,
+                    step_size=step_size,
                     seed=seed,
                     max_drift_norm=self.max_drift_norm,
                 )
 
-            self._sampler = tf.function(
+            self._samplers[key] = tf.function(
                 run, jit_compile=bool(jit), reduce_retracing=True
             )
         num_steps = self.num_steps if num_steps is None else num_steps
         seed = tf.constant([self.seed, 2] if seed is None else seed)
-        return self._sampler(ops.convert_to_tensor(x), num_steps, seed)
+        return self._samplers[key](ops.convert_to_tensor(x), num_steps, seed)
+
+    def potential_at(self, temperature):
+        """`U` with the network terms at `temperature` (tau untempered)."""
+        return potential(
+            self.energy,
+            temperature=temperature,
+            prior_fn=None if self.prior_net is None else self.prior_energy,
+            prior_temperature=self.prior_temperature,
+            tau=self.tau,
+        )
 
     # === Serialization ===
 

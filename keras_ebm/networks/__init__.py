@@ -6,8 +6,10 @@
   32,160,771 parameters (moving statistics included).
 - `ebm_small`, `gen_small`: narrow versions of the same blocks (digits).
 - `ebm_toy`, `gen_toy`: MLPs for 2-D toy data (ToyNet: 10,593).
+- `clf_digits`, `clf_wrn28_10`: classifiers (digits CNN; WRN-28-10).
 """
 
+from keras_ebm.networks.classifier import DigitsCNN, WideResNet
 from keras_ebm.networks.sngan import SNGANEnergyNet, SNGANGenerator
 from keras_ebm.networks.toy import MLP
 from keras_ebm.networks.weights import load_tf_checkpoint, load_weights
@@ -53,6 +55,10 @@ _REGISTRY = {
         width, _halving(width, image_shape[0]), image_shape=image_shape, **kw
     ),
     "ebm_toy": lambda image_shape=(2,), **kw: MLP(image_shape[0], 1, **kw),
+    "clf_digits": lambda image_shape=(16, 16, 1), **kw: DigitsCNN(image_shape, **kw),
+    "clf_wrn28_10": lambda image_shape=(32, 32, 3), **kw: WideResNet(
+        28, 10, image_shape=image_shape, **kw
+    ),
     "gen_toy": lambda latent_dim=2, image_shape=(2,), **kw: MLP(
         latent_dim, image_shape[0], **kw
     ),
@@ -69,7 +75,9 @@ def build(name, **kwargs):
 
 
 __all__ = [
+    "DigitsCNN",
     "MLP",
+    "WideResNet",
     "NAMES",
     "SNGANEnergyNet",
     "SNGANGenerator",

@@ -1,0 +1,96 @@
+"""Training and loading the classifiers of the `classifier` regime."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ebm import data, networks
+
+WEIGHTS = "classifier.weights.h5"
+
+
+def build(config):
+    shape = (config.data.image_size,) * 2 + (config.data.channels,)
+    kwargs = {}
+    if config.classifier.weight_decay:
+        kwargs["weight_decay"] = config.classifier.weight_decay
+    return networks.build(config.classifier.network, image_shape=shape, **kwargs)
+
+
+def train(config, workdir):
+    """Trains the classifier, reports test accuracy in `results.json`.
+
+    Returns:
+        `(model, test_accuracy)`.
+    """
+    cc = config.classifier
+    x_train, y_train = data.labeled(config, "train")
+    x_test, y_test = data.labeled(config, "test")
+    model = build(config)
+    weights = os.path.join(workdir, WEIGHTS)
+    if os.path.exists(weights):  # trained already: report, never overwrite
+        model.load_weights(weights)
+        acc = accuracy(model, x_test, y_test)
+        print(f"classifier in {workdir} already trained: test accuracy {acc:.4f}")
+        return model, acc
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    steps_per_epoch = len(x_train) // cc.batch_size
+
+    def lr(epoch):  # piecewise constant in epochs, as the reference
+        rates = [r for s, r in zip(cc.lr.steps, cc.lr.rates, strict=True) if s <= epoch]
+        return rates[-1]
+
+    if cc.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(lr(0), momentum=cc.momentum)
+    else:
+        optimizer = keras.optimizers.Adam(lr(0))
+    model.compile(
+        optimizer,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    ds = ds.shuffle(len(x_train), seed=config.seed).repeat()
+    if cc.augment:
+        ds = ds.map(lambda x, y: (data.augment(x), y))
+    ds = ds.batch(cc.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    model.fit(
+        ds,
+        epochs=cc.epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[
+            keras.callbacks.LearningRateScheduler(lr),
+            keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+        ],
+        verbose=2,
+        shuffle=False,  # the stream is shuffled already
+    )
+    _, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    model.save_weights(weights)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"test_accuracy": test_accuracy, "test_size": len(x_test)}, f)
+    print(f"test accuracy {test_accuracy:.4f} on {len(x_test)} images")
+    return model, float(test_accuracy)
+
+
+def load(config, workdir):
+    """The trained classifier of a `classifier` run directory."""
+    path = os.path.join(workdir, WEIGHTS)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no trained classifier at {path}; train one with "
+            f"`python train.py --regime=classifier --dataset={config.data.name}`"
+        )
+    model = build(config)
+    model.load_weights(path)
+    return model
+
+
+def accuracy(model, images, labels, batch_size=256):
+    logits = model.predict(images, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, 1) == labels))

@@ -1,0 +1,294 @@
+"""FID backbones, data statistics with a cache, FID along Langevin chains.
+
+Backbones map images in [-1, 1] `[N, H, W, C]` to features `[N, D]`:
+
+- `inception_ttur`: pool_3 of the 2015 Inception graph
+  (`classify_image_graph_def.pb` from inception-2015-12-05), the network of
+  the original FID code and of the paper's tables. Images go in as 0..255
+  (rounded, clipped) and the graph resizes them to 299 itself.
+- `inception_keras`: `keras.applications.InceptionV3` average-pool features,
+  as ebm-life-cycle's "unofficial" `fid.py`; not comparable with TTUR numbers.
+- `digits`: penultimate features of the digits classifier (CPU-sized FID).
+"""
+
+import hashlib
+import json
+import os
+import tarfile
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ebm import metrics
+
+INCEPTION_URL = (
+    "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"
+)
+INCEPTION_GRAPH = "classify_image_graph_def.pb"
+INPUT_TENSOR, OUTPUT_TENSOR = "ExpandDims:0", "pool_3:0"
+
+
+class Backbone:
+    """A named feature map `images [-1, 1] -> [N, D]`, applied in batches."""
+
+    def __init__(self, name, fn, batch_size=100):
+        self.name, self.fn, self.batch_size = name, fn, batch_size
+
+    def __call__(self, images):
+        images = np.asarray(images, np.float32)
+        out = [
+            np.asarray(self.fn(tf.constant(images[i : i + self.batch_size])))
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(out).reshape(len(images), -1)
+
+
+# === Backbones ===
+
+
+def load_inception_graph(path):
+    """The TTUR Inception graph as a function `uint8-range floats -> pool_3`.
+
+    Raises:
+        FileNotFoundError / ValueError: a missing or unreadable graph file,
+            or one without the `ExpandDims` input and `pool_3` output.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Inception graph {path!r} not found. Get inception-2015-12-05.tgz "
+            f"({INCEPTION_URL}), extract {INCEPTION_GRAPH} and pass its path with "
+            "--config.eval.inception_graph (or let a machine with network "
+            "download it: --config.eval.download=True)"
+        )
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        with open(path, "rb") as f:
+            graph_def.ParseFromString(f.read())
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ValueError(f"{path!r} is not a readable GraphDef: {e}") from None
+    names = {node.name for node in graph_def.node}
+    for tensor in (INPUT_TENSOR, OUTPUT_TENSOR):
+        if tensor.split(":")[0] not in names:
+            raise ValueError(f"{path!r} has no tensor {tensor}; is it the FID graph?")
+
+    def imported(images):
+        return tf.compat.v1.import_graph_def(
+            graph_def,
+            input_map={INPUT_TENSOR: images},
+            return_elements=[OUTPUT_TENSOR],
+            name="inception",
+        )[0]
+
+    fn = tf.compat.v1.wrap_function(
+        imported, [tf.TensorSpec([None, None, None, 3], tf.float32)]
+    )
+
+    def features(images):
+        # TTUR feeds uint8 images: round what we have in [-1, 1] the same way.
+        pixels = tf.round(tf.clip_by_value((images + 1.0) * 127.5, 0.0, 255.0))
+        if pixels.shape[-1] == 1:
+            pixels = tf.image.grayscale_to_rgb(pixels)
+        return tf.reshape(fn(pixels), (tf.shape(images)[0], -1))
+
+    return features
+
+
+def download_inception(cache_dir, sha256=""):
+    """Downloads and extracts the TTUR graph once; verifies its checksum.
+
+    With `sha256` set the archive must match it. Without, the hash of the
+    first download is recorded beside it and later files must match that.
+    """
+    import keras
+
+    os.makedirs(cache_dir, exist_ok=True)
+    archive = keras.utils.get_file(
+        "inception-2015-12-05.tgz",
+        INCEPTION_URL,
+        cache_dir=cache_dir,
+        cache_subdir=".",
+        file_hash=sha256 or None,
+    )
+    digest = _sha256(archive)
+    record = archive + ".sha256"
+    if os.path.exists(record):
+        with open(record) as f:
+            expected = f.read().strip()
+        if digest != expected:
+            raise ValueError(f"{archive} changed: sha256 {digest} != {expected}")
+    else:
+        with open(record, "w") as f:
+            f.write(digest)
+    graph = os.path.join(cache_dir, INCEPTION_GRAPH)
+    if not os.path.exists(graph):
+        with tarfile.open(archive) as tar:
+            member = tar.getmember(INCEPTION_GRAPH)
+            tar.extract(member, cache_dir, filter="data")
+    return graph
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def inception_keras(weights="imagenet"):
+    import keras
+
+    net = keras.applications.InceptionV3(
+        include_top=False,
+        pooling="avg",
+        weights=weights or None,
+        input_shape=(299, 299, 3),
+    )
+
+    def features(images):
+        # Inputs already in [-1, 1], the range `preprocess_input` produces.
+        images = tf.clip_by_value(images, -1.0, 1.0)
+        if images.shape[-1] == 1:
+            images = tf.image.grayscale_to_rgb(images)
+        return net(tf.image.resize(images, (299, 299)), training=False)
+
+    return features
+
+
+def backbone(config):
+    """The `Backbone` named by `config.eval.backbone`."""
+    ev = config.eval
+    if ev.backbone == "digits":
+        from configs import classifier as clf_configs
+        from keras_ebm import classify
+
+        clf_config = clf_configs.get_config("digits")
+        clf_config.data.image_size = config.data.image_size
+        model = classify.load(clf_config, ev.classifier_workdir)
+        return Backbone("digits", lambda x: model.features(x, training=False), 256)
+    if ev.backbone == "inception_ttur":
+        path = ev.inception_graph
+        if not path and ev.download:
+            path = download_inception(ev.cache_dir, ev.inception_sha256)
+        return Backbone("inception_ttur", load_inception_graph(path), 50)
+    if ev.backbone == "inception_keras":
+        return Backbone("inception_keras", inception_keras(ev.inception_weights), 50)
+    raise ValueError(f"unknown FID backbone {ev.backbone!r}")
+
+
+# === Statistics ===
+
+
+def data_statistics(images, net, cache_path=None):
+    """`(mu, sigma)` of the data features, cached as an `.npz` file."""
+    if cache_path and os.path.exists(cache_path):
+        with np.load(cache_path) as f:
+            return f["mu"], f["sigma"]
+    mu, sigma = metrics.activation_statistics(net(images))
+    if cache_path:
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        np.savez(cache_path, mu=mu, sigma=sigma)
+    return mu, sigma
+
+
+def trajectory_fid(
+    sample_init,
+    advance,
+    net,
+    data_stats,
+    num_samples,
+    batch_size,
+    milestones,
+    state_path=None,
+    progress=True,
+):
+    """FID at several step counts along the same Langevin chains.
+
+    Each batch of chains starts from `sample_init(batch_index)` and is
+    advanced segment by segment (`advance(x, num_steps, batch_index,
+    segment)`), its features taken at every milestone, so one run gives the
+    whole curve (the paper's Figure 1). With `state_path` the features of
+    finished batches are saved after each batch and a rerun continues.
+
+    Returns:
+        `{milestone: fid}`.
+    """
+    milestones = sorted(set(int(m) for m in milestones))
+    num_batches = -(-num_samples // batch_size)
+    feats = {m: [] for m in milestones}
+    done = 0
+    if state_path and os.path.exists(state_path):
+        with np.load(state_path) as f:
+            if (
+                list(f["milestones"]) == milestones
+                and int(f["batch_size"]) == batch_size
+            ):
+                done = int(f["done"])
+                feats = {m: [f[f"m{m}"]] for m in milestones}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_batches, initial=done, unit="batch", desc="chains")
+    for b in range(done, num_batches):
+        x = sample_init(b)
+        step = 0
+        for i, m in enumerate(milestones):
+            if m > step:
+                x = advance(x, m - step, b, i)
+                step = m
+            feats[m].append(net(x))
+        done = b + 1
+        if state_path:
+            tmp = state_path + ".tmp.npz"
+            np.savez(
+                tmp,
+                milestones=milestones,
+                batch_size=batch_size,
+                done=done,
+                **{f"m{m}": np.concatenate(feats[m]) for m in milestones},
+            )
+            os.replace(tmp, state_path)
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    mu, sigma = data_stats
+    results = {}
+    for m in milestones:
+        act = np.concatenate(feats[m])[:num_samples]
+        if not np.isfinite(act).all():  # diverged chains: no meaningful FID
+            results[m] = float("nan")
+            continue
+        results[m] = metrics.fid_from_statistics(
+            *metrics.activation_statistics(act), mu, sigma
+        )
+    return results
+
+
+def save_curve(results, path_png, title):
+    """FID against Langevin steps, log x axis (step 0 drawn at 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(results)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([max(s, 1) for s in steps], [results[s] for s in steps], "o-")
+    ax.set_xscale("log")
+    ax.set_xlabel("Langevin steps (0 shown at 1)")
+    ax.set_ylabel("FID")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.savefig(path_png, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_results(results, path_json, extra=None):
+    with open(path_json, "w") as f:
+        json.dump(
+            {"fid": {str(k): v for k, v in results.items()}, **(extra or {})},
+            f,
+            indent=2,
+        )
