@@ -381,6 +381,7 @@ def evaluate(config, workdir):
             seed=[b, segment],
             step_size=ev.step_size,
             temperature=ev.temperature,
+            joint_temperature=ev.joint_temperature,
         )
         if b == 0:
             first[segment] = x.numpy()

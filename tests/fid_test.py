@@ -137,3 +137,23 @@ def test_evaluate_without_checkpoint_or_classifier(tmp_path):
     config = shortrun.get_config("smoke")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run.evaluate(config, str(tmp_path))
+
+
+def test_inception_keras_backbone_shapes():
+    # Random weights: the path (resize to 299, gray to RGB, pooling) only.
+    features = fid.Backbone("inception_keras", fid.inception_keras(weights=None), 2)
+    out = features(np.zeros((3, 16, 16, 1), "float32"))
+    assert out.shape == (3, 2048)
+
+
+def test_joint_temperature_divides_network_terms_only():
+    config = shortrun.get_config("smoke")
+    config.langevin.tau = 0.5
+    model = run.build_model(config)
+    x = tf.random.uniform((4, 8, 8, 1), -1, 1, seed=0)
+    e = model.energy(x)
+    gauss = tf.reduce_sum(tf.square(x), axis=(1, 2, 3)) / (2 * 0.25)
+    t = config.langevin.temperature
+    np.testing.assert_allclose(
+        model.potential_at(t, 1.01)(x), e / (t * 1.01) + gauss, rtol=1e-5
+    )

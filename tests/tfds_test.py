@@ -59,3 +59,16 @@ def test_train_on_cifar10_flag_path(cifar_dir, tmp_path):
     model = run.train(config, str(tmp_path))
     assert model.bank.states.shape == (16, 32, 32, 3)
     assert int(model.ebm_optimizer.iterations) == 2
+
+
+def test_classifier_regime_on_cifar10(cifar_dir, tmp_path):
+    from configs import classifier as clf_configs
+
+    config = clf_configs.get_config("cifar10")
+    config.data.data_dir = cifar_dir
+    config.classifier.update(epochs=1, batch_size=10)
+    # The WRN is too big for CI; the digits CNN takes no weight decay.
+    config.classifier.update(network="clf_digits", weight_decay=0.0)
+    model = run.train(config, str(tmp_path))
+    assert model(np.zeros((2, 32, 32, 3), "float32")).shape == (2, 10)
+    assert (tmp_path / "results.json").exists()

@@ -262,7 +262,15 @@ class EnergyModel(keras.Model):
 
     # === Sampling ===
 
-    def sample(self, x, num_steps=None, seed=None, step_size=None, temperature=None):
+    def sample(
+        self,
+        x,
+        num_steps=None,
+        seed=None,
+        step_size=None,
+        temperature=None,
+        joint_temperature=1.0,
+    ):
         """Langevin from `x` under the model's potential (compiled, cached).
 
         Args:
@@ -271,16 +279,17 @@ class EnergyModel(keras.Model):
             seed: stateless seed `[2]`; defaults to the model seed.
             step_size, temperature: override the training eps and T
                 (evaluation configs may differ).
+            joint_temperature: extra temperature of the network terms.
 
         Returns:
             `(x_K, LangevinStats)`.
         """
         step_size = step_size or self.step_size
         temperature = temperature or self.temperature
-        key = (step_size, temperature)
+        key = (step_size, temperature, joint_temperature)
         if key not in self._samplers:
             jit = self.jit_compile if self.compiled else False
-            u = self.potential_at(temperature)
+            u = self.potential_at(temperature, joint_temperature)
 
             def run(x, num_steps, seed):
                 return langevin(
@@ -299,13 +308,17 @@ class EnergyModel(keras.Model):
         seed = tf.constant([self.seed, 2] if seed is None else seed)
         return self._samplers[key](ops.convert_to_tensor(x), num_steps, seed)
 
-    def potential_at(self, temperature):
-        """`U` with the network terms at `temperature` (tau untempered)."""
+    def potential_at(self, temperature, joint_temperature=1.0):
+        """`U` with the network terms at `temperature`.
+
+        `joint_temperature` further divides both network terms (the
+        reference's longrun FID `joint_temp`); tau stays untempered.
+        """
         return potential(
             self.energy,
-            temperature=temperature,
+            temperature=temperature * joint_temperature,
             prior_fn=None if self.prior_net is None else self.prior_energy,
-            prior_temperature=self.prior_temperature,
+            prior_temperature=self.prior_temperature * joint_temperature,
             tau=self.tau,
         )
 
