@@ -58,7 +58,7 @@ def export(model, path, *, purify_steps, eval_steps, eval_step_size, eval_temper
     def sample(x, num_steps):
         x = _checked(x, shape, "sample")
         tf.debugging.assert_non_negative(num_steps, message="num_steps must be >= 0")
-        return _while_steps(lambda x: run(x, 1), x, num_steps)
+        return run(x, num_steps)
 
     def purify(x):
         return run(_checked(x, shape, "purify"), purify_steps)
@@ -85,11 +85,3 @@ def export(model, path, *, purify_steps, eval_steps, eval_step_size, eval_temper
         )
     archive.write_out(path, verbose=False)
     return path
-
-
-def _while_steps(step, x, num_steps):
-    """`num_steps` (a tensor) single Langevin steps: the number is a runtime
-    input of the endpoint, so the loop cannot be unrolled at export time."""
-    return tf.while_loop(
-        lambda i, x: i < num_steps, lambda i, x: (i + 1, step(x)), (0, x)
-    )[1]

@@ -306,6 +306,7 @@ class EnergyModel(keras.Model):
             )
         num_steps = self.num_steps if num_steps is None else num_steps
         seed = tf.constant([self.seed, 2] if seed is None else seed)
+        num_steps = tf.constant(num_steps, tf.int32)
         return self._samplers[key](ops.convert_to_tensor(x), num_steps, seed)
 
     def potential_at(self, temperature, joint_temperature=1.0):

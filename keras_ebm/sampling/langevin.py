@@ -104,7 +104,8 @@ def langevin(
     Args:
         potential_fn: per-sample potential `U`, e.g. from `potential`.
         x: initial states `[B, ...]`.
-        num_steps: K, a Python int.
+        num_steps: K, a Python int or an int32 scalar tensor (one trace for
+            every K).
         step_size: eps.
         noise: optional injected noise.
         seed: optional stateless seed.
@@ -117,7 +118,7 @@ def langevin(
         raise ValueError("pass exactly one of `noise` and `seed`")
     if step_size <= 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
-    if num_steps < 0:
+    if isinstance(num_steps, int) and num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     x = ops.convert_to_tensor(x)
     drift_scale = step_size**2 / 2
@@ -150,5 +151,5 @@ def langevin(
     x, drift_sum, last, energy_sum = keras.ops.fori_loop(
         0, num_steps, body, (x, zero, zero, zero)
     )
-    steps = max(num_steps, 1)
+    steps = ops.maximum(ops.cast(num_steps, x.dtype), 1.0)
     return x, LangevinStats(drift_sum / steps, last, energy_sum / steps)
