@@ -12,7 +12,7 @@ Outputs go to <workdir>/eval/ (results.json, fid_curve.csv/png, sample grids).
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # see BUILD_NOTES: TF logging
 
 from absl import app, flags  # noqa: E402
 

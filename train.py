@@ -12,7 +12,7 @@ import glob
 import logging
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's INFO lines drown the bar
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # see BUILD_NOTES: TF logging
 
 from absl import app  # noqa: E402
 

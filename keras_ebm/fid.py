@@ -277,6 +277,9 @@ def save_curve(results, path_png, title):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([max(s, 1) for s in steps], [results[s] for s in steps], "o-")
     ax.set_xscale("log")
+    finite = [results[s] for s in steps if np.isfinite(results[s]) and results[s] > 0]
+    if finite and max(finite) / min(finite) > 10:
+        ax.set_yscale("log")  # oversaturated chains would flatten the rest
     ax.set_xlabel("Langevin steps (0 shown at 1)")
     ax.set_ylabel("FID")
     ax.set_title(title)
