@@ -316,6 +316,24 @@ def _tile(array, num):
 # === Evaluation ===
 
 
+def run_config(config, workdir):
+    """The config a run was trained with, with `eval` taken from `config`.
+
+    Evaluating `runs/x` then needs no repetition of its training overrides:
+    the model is rebuilt from `<workdir>/config.json`; the flags choose only
+    how to evaluate it.
+    """
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return config
+    with open(path) as f:
+        saved = ml_collections.ConfigDict(json.load(f))
+    saved.eval = config.eval
+    return saved
+
+
 def load_trained(config, workdir):
     """The model of a run directory at its newest checkpoint."""
     saved = callbacks.list_checkpoints(workdir)
@@ -346,6 +364,7 @@ def evaluate(config, workdir):
 
     from keras_ebm import fid
 
+    config = run_config(config, workdir)
     check_config(config)
     ev = config.eval
     if config.data.name == "toy2d":
@@ -444,6 +463,7 @@ def export(config, workdir):
     `<workdir>/export` (see `keras_ebm.export`)."""
     from keras_ebm import export as export_lib
 
+    config = run_config(config, workdir)
     model, step = load_trained(config, workdir)
     path = os.path.join(workdir, "export")
     ev = config.eval

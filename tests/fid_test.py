@@ -75,35 +75,28 @@ def test_trajectory_fid_approaches_the_target_and_resumes(tmp_path):
             u, x, num_steps=n, step_size=0.3, seed=tf.constant([b, segment])
         )[0]
 
-    state = str(tmp_path / "state.npz")
     identity = fid.Backbone("identity", lambda x: x)
-    curve = fid.trajectory_fid(
-        init,
-        advance,
-        identity,
-        stats,
-        2000,
-        500,
-        (0, 10, 200),
-        state_path=state,
-        progress=False,
-    )
+
+    def curve_of_chains():
+        return fid.trajectory_fid(
+            init,
+            advance,
+            identity,
+            stats,
+            2000,
+            500,
+            (0, 10, 200),
+            state_path=str(tmp_path / "state.npz"),
+            progress=False,
+        )
+
+    curve = curve_of_chains()
     assert curve[0] == pytest.approx(18.0, rel=0.1)  # ||(3, 3)||^2
     assert curve[0] > curve[10] > curve[200]
     assert curve[200] < 0.05
     # Rerunning with the saved state does no Langevin work and agrees.
     calls.clear()
-    again = fid.trajectory_fid(
-        init,
-        advance,
-        identity,
-        stats,
-        2000,
-        500,
-        (0, 10, 200),
-        state_path=state,
-        progress=False,
-    )
+    again = curve_of_chains()
     assert calls == []
     assert again == pytest.approx(curve)
 
@@ -157,3 +150,16 @@ def test_joint_temperature_divides_network_terms_only():
     np.testing.assert_allclose(
         model.potential_at(t, 1.01)(x), e / (t * 1.01) + gauss, rtol=1e-5
     )
+
+
+def test_evaluation_rebuilds_the_model_from_the_run_config(tmp_path):
+    trained = shortrun.get_config("smoke")
+    trained.init.persistent = False  # a training override ...
+    run.train(trained, str(tmp_path))
+    flags_config = shortrun.get_config("smoke")  # ... not repeated here
+    flags_config.eval.milestones = (0, 2)
+    config = run.run_config(flags_config, str(tmp_path))
+    assert config.init.persistent is False
+    assert tuple(config.eval.milestones) == (0, 2)
+    model, step = run.load_trained(config, str(tmp_path))
+    assert model.bank is None and step == 4
