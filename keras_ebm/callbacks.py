@@ -202,16 +202,11 @@ def snapshot(model, num):
     out = {}
     if model.bank is not None:
         out["bank"] = model.bank.states[:num].numpy()
-    if model.init_source == "generator":
-        # Moving statistics: a snapshot must not move the BN statistics.
-        x_init = model.generate(model.latent(num, seed), training=False)
-        out["generator"] = x_init.numpy()
-    elif model.init_source == "noise":
-        x_init, _ = model.fresh_states(num, seed)
-    elif model.bank is not None:
-        x_init = model.bank.states[:num]
-    else:
+    x_init = model.chain_starts(num, seed)
+    if x_init is None:
         return out
+    if model.init_source == "generator":
+        out["generator"] = x_init.numpy()
     out["negatives"] = model.sample(x_init)[0].numpy()
     return out
 

@@ -379,17 +379,15 @@ def evaluate(config, workdir):
     images = data.take_array(data.images(config), ev.num_samples)
     stats = fid.data_statistics(images, net, cache)
 
+    if model.chain_starts(1, tf.constant([0, 0])) is None:
+        raise ConfigError(
+            "config.init: a data-initialized model without a bank has no "
+            "chains to evaluate; use init.persistent=True"
+        )
+
     def sample_init(b):
         seed = tf.constant([config.seed + 1000, b])
-        if model.init_source == "generator":
-            z = model.latent(ev.batch_size, seed)
-            return model.generate(z, training=False)
-        if model.init_source == "noise" or model.bank is None:
-            return model.fresh_states(ev.batch_size, seed)[0]
-        idx = (
-            tf.range(b * ev.batch_size, (b + 1) * ev.batch_size) % model.bank.num_states
-        )
-        return model.bank.draw(idx)[0]
+        return model.chain_starts(ev.batch_size, seed, start=b * ev.batch_size)
 
     first = {}
 

@@ -13,18 +13,22 @@ def half_square(x):
     return 0.5 * tf.reduce_sum(tf.square(x), axis=1)
 
 
+def chains(u, x0, num_steps, step_size, seed):
+    """Compiled Langevin from `x0`: `(states as NumPy, stats)`."""
+    run = tf.function(
+        lambda x: langevin(
+            u, x, num_steps=num_steps, step_size=step_size, seed=tf.constant(seed)
+        )
+    )
+    x, stats = run(x0)
+    return x.numpy(), stats
+
+
 class LangevinTest(tf.test.TestCase, parameterized.TestCase):
     def test_gaussian_stationary_law(self):
         # 4096 chains x 2 dims from x = 3: mean 0, variance 1 (keras3-notes §8).
-        x0 = tf.fill((4096, 2), 3.0)
         u = potential(half_square, temperature=1.0)
-        run = tf.function(
-            lambda x: langevin(
-                u, x, num_steps=2000, step_size=0.1, seed=tf.constant([7, 7])
-            )
-        )
-        x, stats = run(x0)
-        x = x.numpy()
+        x, stats = chains(u, tf.fill((4096, 2), 3.0), 2000, 0.1, [7, 7])
         # ULA at step eps has variance 1 / (1 - eps^2/4) ~ 1.0025: within tol.
         self.assertAllClose(x.mean(0), [0.0, 0.0], atol=0.06)
         self.assertAllClose(x.var(0), [1.0, 1.0], atol=0.08)
@@ -34,24 +38,16 @@ class LangevinTest(tf.test.TestCase, parameterized.TestCase):
     def test_temperature_scales_the_law(self):
         # U = E/T with E = ||x||^2/2 gives N(0, T I).
         u = potential(half_square, temperature=0.25)
-        x, _ = tf.function(
-            lambda x: langevin(
-                u, x, num_steps=1500, step_size=0.05, seed=tf.constant([1, 2])
-            )
-        )(tf.zeros((4096, 2)))
-        self.assertAllClose(x.numpy().var(0), [0.25, 0.25], rtol=0.1)
+        x, _ = chains(u, tf.zeros((4096, 2)), 1500, 0.05, [1, 2])
+        self.assertAllClose(x.var(0), [0.25, 0.25], rtol=0.1)
 
     def test_tau_term_is_not_tempered(self):
         # With a zero network energy, only ||x||^2/(2 tau^2) remains: N(0, tau^2)
         # whatever T is (the reference divides only network terms by T).
         zero = lambda x: tf.zeros(tf.shape(x)[:1])
         u = potential(zero, temperature=1e-4, tau=0.5)
-        x, _ = tf.function(
-            lambda x: langevin(
-                u, x, num_steps=1500, step_size=0.1, seed=tf.constant([3, 4])
-            )
-        )(tf.zeros((4096, 2)))
-        self.assertAllClose(x.numpy().var(0), [0.25, 0.25], rtol=0.1)
+        x, _ = chains(u, tf.zeros((4096, 2)), 1500, 0.1, [3, 4])
+        self.assertAllClose(x.var(0), [0.25, 0.25], rtol=0.1)
 
     def test_prior_term(self):
         u = potential(

@@ -172,6 +172,22 @@ class EnergyModel(keras.Model):
         shape = (batch_size,) + self.state_shape
         return tf.random.stateless_uniform(shape, seed, -1.0, 1.0), None
 
+    def chain_starts(self, num, seed, start=0):
+        """Where inspection and evaluation chains start, or None.
+
+        The generator (with moving BN statistics, as the reference FID, so
+        that looking never moves them), uniform noise, or bank states
+        `start .. start + num` (cyclically) for data-initialized models.
+        None for a data-initialized model without a bank.
+        """
+        if self.init_source == "generator":
+            return self.generate(self.latent(num, seed), training=False)
+        if self.init_source == "noise":
+            return self.fresh_states(num, seed)[0]
+        if self.bank is None:
+            return None
+        return self.bank.draw(tf.range(start, start + num) % self.bank.num_states)[0]
+
     def initialize_bank(self, data=None, seed=None):
         """Fills the bank from the init source (data: `[N, ...]` array)."""
         seed = [self.seed, 1] if seed is None else seed
