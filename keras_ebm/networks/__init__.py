@@ -60,7 +60,7 @@ _REGISTRY = {
         28, 10, image_shape=image_shape, **kw
     ),
     "gen_toy": lambda latent_dim=2, image_shape=(2,), **kw: MLP(
-        latent_dim, image_shape[0], **kw
+        latent_dim, image_shape[0], role="generator", **kw
     ),
 }
 

@@ -9,15 +9,20 @@ class MLP(keras.Model):
     """`x [B, in_dim] -> [B, out_dim]`, LeakyReLU(0.05) between layers.
 
     With `widths=(32, 64, 64, 64)` and `in_dim=2, out_dim=1` this is the
-    ebm-anatomy ToyNet (10,593 parameters); with `out_activation="linear"`
-    and `out_dim=2` it serves as a toy generator from a latent vector.
+    ebm-anatomy ToyNet (10,593 parameters). `role` says which side is the
+    state: an `energy` network takes states (`image_shape = (in_dim,)`), a
+    `generator` makes them from a latent (`image_shape = (out_dim,)`,
+    `latent_dim = in_dim`).
     """
 
-    def __init__(self, in_dim, out_dim, widths=(32, 64, 64, 64), **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, in_dim, out_dim, widths=(32, 64, 64, 64), role="energy", **kw):
+        super().__init__(**kw)
+        if role not in ("energy", "generator"):
+            raise ValueError(f"role must be 'energy' or 'generator', got {role!r}")
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.widths = list(widths)
+        self.role = role
         self.hidden = [layers.Dense(w, name=f"f{i}") for i, w in enumerate(widths)]
         self.act = layers.LeakyReLU(negative_slope=0.05)
         self.out = layers.Dense(out_dim, name=f"f{len(widths)}")
@@ -25,11 +30,13 @@ class MLP(keras.Model):
 
     @property
     def image_shape(self):
-        return (self.out_dim,)
+        """The shape of one state: what an energy takes, a generator makes."""
+        return (self.in_dim,) if self.role == "energy" else (self.out_dim,)
 
     @property
     def latent_dim(self):
-        """Input width, when the MLP serves as a generator."""
+        if self.role != "generator":
+            raise AttributeError("an energy MLP has no latent_dim")
         return self.in_dim
 
     def call(self, x, training=False):
@@ -39,5 +46,7 @@ class MLP(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(in_dim=self.in_dim, out_dim=self.out_dim, widths=self.widths)
+        config.update(
+            in_dim=self.in_dim, out_dim=self.out_dim, widths=self.widths, role=self.role
+        )
         return config
