@@ -35,11 +35,33 @@ def replica_info():
 def replica_seed(seed):
     """Folds the replica id into a stateless seed.
 
-    Keras seed generators give every replica the same stream, which would
-    correlate Langevin noise and bank draws across replicas.
+    Keras seed generators give every replica the same stream; this gives each
+    its own. (Training draws with `replica_rows` instead, so that its results
+    do not depend on the number of replicas.)
     """
     replica_id, _ = replica_info()
     return tf.random.experimental.stateless_fold_in(seed, replica_id)
+
+
+def replica_rows(draw, shape):
+    """This replica's rows of a draw made for the whole global batch.
+
+    `draw(global_shape)` must be a function of its seed alone (a stateless
+    draw); with R replicas of local batch `b = shape[0]`, replica r returns
+    rows `r*b .. (r+1)*b` of `draw((R*b,) + shape[1:])`. Every replica makes
+    the same global draw, so a step under R replicas uses exactly the random
+    numbers of the same step on one device, and a run's results do not depend
+    on how many devices it ran on (tested: a mirrored step equals a
+    one-device step). The cost is R times the random numbers, negligible next
+    to the network passes they feed.
+    """
+    replica_id, num_replicas = replica_info()
+    if num_replicas == 1:
+        return draw(shape)
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    local = shape[0]
+    full = draw(tf.concat([[local * num_replicas], shape[1:]], 0))
+    return full[replica_id * local : (replica_id + 1) * local]
 
 
 def scale_for_replicas(loss):

@@ -22,11 +22,17 @@ class SampleBankTest(tf.test.TestCase):
         self.assertAllClose(hits.mean(), 100.0)
         self.assertLess(np.abs(hits - 100).max(), 45)
 
-    def test_replicas_draw_from_their_own_slice(self):
+    def test_replicas_share_the_one_device_draw(self):
         bank = SampleBank(64, 16, (2,))
-        idx = bank.draw_indices(tf.constant([0, 0]), replica_id=1, num_replicas=2)
-        self.assertLen(idx, 8)
-        self.assertTrue(np.all((idx.numpy() >= 32) & (idx.numpy() < 64)))
+        seed = tf.constant([0, 0])
+        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        shares = strategy.experimental_local_results(
+            strategy.run(lambda: bank.draw_indices(seed))
+        )
+        self.assertLen(shares, 2)
+        self.assertLen(shares[0], 8)
+        whole = bank.draw_indices(seed).numpy()
+        self.assertAllEqual(np.concatenate([s.numpy() for s in shares]), whole)
 
     def test_rejuvenation_probability_and_cap(self):
         counts = tf.constant([0, 1, 2, 3, 4, 0, 0, 0])

@@ -1,5 +1,7 @@
 """`EnergyModel`: maximum-likelihood EBM training with Langevin negatives."""
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -8,6 +10,16 @@ from keras_ebm import distribute
 from keras_ebm.sampling import langevin, potential
 
 INIT_SOURCES = ("noise", "data", "generator")
+
+
+class StepSeeds(NamedTuple):
+    """The independent stateless seeds of one training step."""
+
+    draw: tf.Tensor  # which bank states
+    mask: tf.Tensor  # which of them are rejuvenated
+    fresh: tf.Tensor  # fresh states and latents
+    langevin: tf.Tensor  # Langevin noise
+    data_noise: tf.Tensor  # noise added to the positives
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -148,14 +160,26 @@ class EnergyModel(keras.Model):
 
     # === Initialization sources ===
 
-    def _step_seeds(self, num):
-        step = ops.cast(self.ebm_optimizer.iterations, "int32")
-        seed = tf.random.experimental.stateless_fold_in([self.seed, 0], step)
-        seed = distribute.replica_seed(seed)
-        return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+    def step_seeds(self, step=None):
+        """The stateless seeds of training step `step` (default: the next).
+
+        A function of `(seed, step)` alone: a resumed run continues the same
+        stream, and tests can reproduce any draw of a step. Every draw is made
+        for the global batch and sliced per replica (`replica_rows`).
+        """
+        if step is None:
+            step = self.ebm_optimizer.iterations
+        seed = tf.random.experimental.stateless_fold_in(
+            [self.seed, 0], ops.cast(step, "int32")
+        )
+        return StepSeeds(*tf.unstack(tf.random.experimental.stateless_split(seed, 5)))
 
     def latent(self, batch_size, seed):
-        return tf.random.stateless_normal((batch_size, self.generator.latent_dim), seed)
+        """`z ~ N(0, I)` of shape `[batch_size, latent_dim]`."""
+        return distribute.replica_rows(
+            lambda shape: tf.random.stateless_normal(shape, seed),
+            (batch_size, self.generator.latent_dim),
+        )
 
     def generate(self, z, training=False):
         return self.generator(z, training=training)
@@ -169,8 +193,11 @@ class EnergyModel(keras.Model):
             if x_data is None:
                 raise ValueError("init_source='data' needs `x_init` batches")
             return x_data, None
-        shape = (batch_size,) + self.state_shape
-        return tf.random.stateless_uniform(shape, seed, -1.0, 1.0), None
+        x = distribute.replica_rows(
+            lambda shape: tf.random.stateless_uniform(shape, seed, -1.0, 1.0),
+            (batch_size,) + self.state_shape,
+        )
+        return x, None
 
     def chain_starts(self, num, seed, start=0):
         """Where inspection and evaluation chains start, or None.
@@ -212,17 +239,16 @@ class EnergyModel(keras.Model):
         else:
             x_pos, x_data = data, None
         batch_size = x_pos.shape[0]
-        s_draw, s_mask, s_fresh, s_mcmc, s_pos = self._step_seeds(5)
+        seeds = self.step_seeds()
         metrics = {}
 
         # Draw and rejuvenate at draw time (ebm-life-cycle `train.py`; the
         # paper's Algorithm 1 rejuvenates after the update).
-        x_init, z = self.fresh_states(batch_size, s_fresh, x_data)
+        x_init, z = self.fresh_states(batch_size, seeds.fresh, x_data)
         if self.bank is not None:
-            replica_id, num_replicas = distribute.replica_info()
-            idx = self.bank.draw_indices(s_draw, replica_id, num_replicas)
+            idx = self.bank.draw_indices(seeds.draw)
             x_old, counts, z_old = self.bank.draw(idx)
-            mask = self.bank.rejuvenation_mask(counts, s_mask)
+            mask = self.bank.rejuvenation_mask(counts, seeds.mask)
             x_init = ops.where(_rows(mask, x_init), x_init, x_old)
             if z is not None and z_old is not None:
                 z = ops.where(mask[:, None], z, z_old)
@@ -234,13 +260,16 @@ class EnergyModel(keras.Model):
             ops.stop_gradient(x_init),
             num_steps=self.num_steps,
             step_size=self.step_size,
-            seed=s_mcmc,
+            seed=seeds.langevin,
             max_drift_norm=self.max_drift_norm,
         )
         x_neg = ops.stop_gradient(x_neg)
 
         # ML update of the EBM: one forward pass over positives and negatives.
-        noise = tf.random.stateless_normal(tf.shape(x_pos), s_pos)
+        noise = distribute.replica_rows(
+            lambda shape: tf.random.stateless_normal(shape, seeds.data_noise),
+            tuple(x_pos.shape),
+        )
         x_pos = x_pos + self.data_noise_std * noise
         ebm_vars = self.energy_net.trainable_variables
         with tf.GradientTape() as tape:

@@ -11,6 +11,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_ebm import distribute
+
 EnergyFn = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -100,6 +102,8 @@ def langevin(
     `[num_steps, *x.shape]` (tests inject it to compare compile modes), or
     `seed`, a stateless seed of shape `[2]` from which step k draws with
     `stateless_fold_in(seed, k)`, so long chains need no pre-drawn buffer.
+    Under a `tf.distribute` strategy each replica takes its rows of the
+    global batch's draw, so the chains do not depend on the replica count.
 
     Args:
         potential_fn: per-sample potential `U`, e.g. from `potential`.
@@ -124,12 +128,16 @@ def langevin(
     drift_scale = step_size**2 / 2
     axes = tuple(range(1, len(x.shape)))
     zero = ops.zeros((), x.dtype)
+    shape = tuple(x.shape) if x.shape.is_fully_defined() else tf.shape(x)
 
     def step_noise(i):
         if noise is not None:
             return noise[i]
         step_seed = tf.random.experimental.stateless_fold_in(seed, i)
-        return tf.random.stateless_normal(tf.shape(x), step_seed, dtype=x.dtype)
+        return distribute.replica_rows(
+            lambda shape: tf.random.stateless_normal(shape, step_seed, dtype=x.dtype),
+            shape,
+        )
 
     def body(i, carry):
         x, drift_sum, _, energy_sum = carry

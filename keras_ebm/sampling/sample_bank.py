@@ -4,6 +4,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_ebm import distribute
+
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
 class SampleBank(keras.layers.Layer):
@@ -72,17 +74,32 @@ class SampleBank(keras.layers.Layer):
         self.latents = var("latents", (n, latent_dim)) if latent_dim else None
         self.built = True
 
-    def draw_indices(self, seed, replica_id=0, num_replicas=1):
-        """Distinct indices, uniform over this replica's slice of the bank.
+    def draw_indices(self, seed):
+        """`B / R` distinct indices for this replica, uniform over the bank.
 
         The top-k of i.i.d. uniforms is a uniform draw without replacement.
-        With R replicas, replica r draws `B / R` states from the r-th of R
-        equal slices, so replicas never collide on a state.
+        The `B` global indices are drawn identically on every replica and
+        replica r takes its r-th share (`distribute.replica_rows`), so
+        replicas never collide on a state and the draw is the one a single
+        device would make.
         """
-        n_local = self.num_states // num_replicas
-        u = tf.random.stateless_uniform((n_local,), seed)
-        top = tf.math.top_k(u, self.batch_size // num_replicas, sorted=False)
-        return top.indices + replica_id * n_local
+
+        def top_b(shape):
+            u = tf.random.stateless_uniform((self.num_states,), seed)
+            return tf.math.top_k(u, shape[0], sorted=False).indices
+
+        local = self.batch_size // distribute.replica_info()[1]
+        return distribute.replica_rows(top_b, (local,))
+
+    def rejuvenation_mask(self, counts, seed):
+        """Boolean `[B]`: `u < p`, or `counts > w` when the cap is on."""
+        u = distribute.replica_rows(
+            lambda shape: tf.random.stateless_uniform(shape, seed), tf.shape(counts)
+        )
+        mask = u < self.rejuvenation_prob
+        if self.max_updates > 0:
+            mask = mask | (counts > self.max_updates)
+        return mask
 
     def draw(self, indices):
         """Returns `(states, counts, latents or None)` at `indices`."""
@@ -94,14 +111,6 @@ class SampleBank(keras.layers.Layer):
             ops.take(self.counts, indices, axis=0),
             latents,
         )
-
-    def rejuvenation_mask(self, counts, seed):
-        """Boolean `[B]`: `u < p`, or `counts > w` when the cap is on."""
-        u = tf.random.stateless_uniform(tf.shape(counts), seed)
-        mask = u < self.rejuvenation_prob
-        if self.max_updates > 0:
-            mask = mask | (counts > self.max_updates)
-        return mask
 
     def update(self, indices, states, counts, latents=None):
         """Writes rows back in place.
