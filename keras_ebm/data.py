@@ -128,8 +128,14 @@ def _preprocess(name, image_size):
     return fn
 
 
-def tfds_images(name, split="train", data_dir=None, image_size=None, manual_dir=None):
+def tfds_images(
+    name, split="train", data_dir=None, image_size=None, manual_dir=None, seed=0
+):
     """A tfds dataset of images in [-1, 1] (unbatched, not repeated).
+
+    The file order is shuffled once with `seed` and kept for every pass, so
+    that each pass reads the same sequence and `train_stream` (which
+    reshuffles elements per epoch) is a function of the step.
 
     Raises:
         DatasetNotFoundError: if the dataset is not prepared in `data_dir`;
@@ -142,7 +148,10 @@ def tfds_images(name, split="train", data_dir=None, image_size=None, manual_dir=
     builder = tfds.builder(name, data_dir=data_dir)
     if not _is_prepared(builder):
         raise DatasetNotFoundError(_how_to_get(name, builder.data_dir, manual_dir))
-    ds = builder.as_dataset(split=split, shuffle_files=True)
+    read_config = tfds.ReadConfig(
+        shuffle_seed=seed, shuffle_reshuffle_each_iteration=False
+    )
+    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
     return ds.map(_preprocess(name, image_size), num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -248,23 +257,53 @@ def images(config):
         config.data.data_dir or None,
         config.data.image_size,
         config.data.manual_dir or None,
+        seed=config.seed,
     )
 
 
-def train_stream(source, batch_size, seed=0, with_init=False):
+def num_examples(source):
+    """Number of elements of an array or a finite tf.data dataset."""
+    if not isinstance(source, tf.data.Dataset):
+        return len(source)
+    n = int(source.cardinality())
+    if n >= 0:
+        return n
+    return int(source.reduce(0, lambda count, _: count + 1))  # one pass
+
+
+def train_stream(source, batch_size, seed=0, with_init=False, start_step=0):
     """Shuffled, repeated, batched stream (`drop_remainder`, static shapes).
+
+    Batch t of the stream is a function of `(seed, t)` alone: epoch e is the
+    source shuffled with a seed derived from `(seed, e)` (buffer
+    `SHUFFLE_BUFFER`, as the reference) and cut into `floor(N / B)` batches,
+    so the stream of a run resumed at step t is the uninterrupted stream from
+    batch t on. A resume reads at most one epoch to reach its position
+    (the reference's stream restarts at its first batch instead).
 
     With `with_init`, elements are `{"x": batch, "x_init": batch}` where
     `x_init` comes from a second, independently shuffled pass, the reference's
     second iterator for data rejuvenation.
     """
+    if not isinstance(source, tf.data.Dataset):
+        source = tf.data.Dataset.from_tensor_slices(source)
+    steps_per_epoch = num_examples(source) // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"the dataset has fewer examples than one batch of {batch_size}"
+        )
+    first_epoch, offset = divmod(start_step, steps_per_epoch)
 
-    def stream(offset):
-        ds = source
-        if not isinstance(ds, tf.data.Dataset):
-            ds = tf.data.Dataset.from_tensor_slices(ds)
-        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed + offset).repeat()
-        return ds.batch(batch_size, drop_remainder=True)
+    def stream(index):
+        def epoch(e):
+            epoch_seed = (seed * 2 + index) * 1_000_003 + e
+            ds = source.shuffle(
+                SHUFFLE_BUFFER, seed=epoch_seed, reshuffle_each_iteration=False
+            )
+            return ds.batch(batch_size, drop_remainder=True)
+
+        epochs = tf.data.Dataset.range(first_epoch, tf.int64.max)
+        return epochs.flat_map(epoch).skip(offset)
 
     ds = stream(0)
     if with_init:

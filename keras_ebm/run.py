@@ -12,6 +12,7 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_ebm import callbacks, data, distribute, networks, regimes
 from keras_ebm.models import EnergyModel
@@ -253,6 +254,12 @@ def train(config, workdir):
     _check_workdir(config, workdir)
     source = data.images(config)
     strategy = distribute.get_strategy(config.train.strategy)
+    # Initial weights are a function of the seed too: two runs of one config
+    # are the same run. Only Keras' seed is kept: TF's global seed (which
+    # set_random_seed also sets) of 0 breaks tensor-seeded tf.data shuffles,
+    # and every TF draw of ours is stateless and seeded anyway.
+    keras.utils.set_random_seed(config.seed)
+    tf.random.set_seed(None)
     with strategy.scope():
         model = build_model(config)
     os.makedirs(workdir, exist_ok=True)
@@ -287,7 +294,11 @@ def train(config, workdir):
         log.info("already trained for %d steps", step)
         return model
     stream = data.train_stream(
-        source, tr.batch_size, config.seed, with_init=config.init.source == "data"
+        source,
+        tr.batch_size,
+        config.seed,
+        with_init=config.init.source == "data",
+        start_step=step,
     )
     model.fit(
         stream,
@@ -374,8 +385,18 @@ def evaluate(config, workdir):
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     cache_dir = ev.cache_dir or os.path.join(workdir, "fid_cache")
-    data_name = f"{config.data.name}_{ev.data_split}_{config.data.image_size}"
-    cache = os.path.join(cache_dir, f"{data_name}_{net.name}.npz")
+    # Caches are named by everything that changes what they hold, so that a
+    # change recomputes and never silently reuses (several may coexist).
+    data_settings = dict(
+        data=config.data.name,
+        split=ev.data_split,
+        image_size=config.data.image_size,
+        num_samples=ev.num_samples,
+        backbone=net.name,
+        weights=net.fingerprint,
+    )
+    data_key = fid.settings_key(data_settings)
+    cache = os.path.join(cache_dir, f"{config.data.name}_{net.name}_{data_key}.npz")
     images = data.take_array(data.images(config), ev.num_samples)
     stats = fid.data_statistics(images, net, cache)
 
@@ -405,7 +426,19 @@ def evaluate(config, workdir):
         return x
 
     milestones = sorted(set(ev.milestones) | {ev.num_steps})
-    state = os.path.join(out, f"trajectory_step{step}.npz")
+    settings = dict(
+        checkpoint_step=step,
+        step_size=ev.step_size,
+        temperature=ev.temperature,
+        joint_temperature=ev.joint_temperature,
+        num_samples=ev.num_samples,
+        batch_size=ev.batch_size,
+        milestones=milestones,
+        seed=config.seed,
+        data_statistics=data_key,
+    )
+    key = fid.settings_key(settings)
+    state = os.path.join(out, f"trajectory_step{step}_{key}.npz")
     results = fid.trajectory_fid(
         sample_init,
         advance,
@@ -419,6 +452,7 @@ def evaluate(config, workdir):
     headline = results[ev.num_steps]
     summary = {
         "checkpoint_step": step,
+        "settings": {**settings, **data_settings},
         "backbone": net.name,
         "num_samples": ev.num_samples,
         "eval_steps": ev.num_steps,

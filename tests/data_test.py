@@ -20,6 +20,7 @@ def test_digits():
     assert native.shape == (1797, 8, 8, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, radius", [("gmm", 1.0), ("rings", 2.5)])
 def test_toy2d_density_normalizes_and_matches_samples(name, radius):
     # The exact density integrates to 1 on a fine grid ...
@@ -89,3 +90,20 @@ def test_train_stream_shapes_and_second_stream():
     pair = next(iter(data.train_stream(x, 8, seed=0, with_init=True)))
     assert set(pair) == {"x", "x_init"}
     assert not np.array_equal(pair["x"].numpy(), pair["x_init"].numpy())
+
+
+@pytest.mark.parametrize("start", [0, 3, 5, 11])
+def test_train_stream_position_is_a_function_of_the_step(start):
+    # 20 examples, batch 8: 2 batches per epoch, so starts cross epochs.
+    x = np.arange(40, dtype="float32").reshape(20, 2)
+    whole = list(data.train_stream(x, 8, seed=3, with_init=True).take(16))
+    resumed = data.train_stream(x, 8, seed=3, with_init=True, start_step=start)
+    resumed = list(resumed.take(16 - start))
+    for a, b in zip(whole[start:], resumed, strict=True):
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_array_equal(a["x_init"], b["x_init"])
+    # Each epoch is a permutation of distinct examples, and epochs differ.
+    first = np.concatenate([whole[0]["x"], whole[1]["x"]])[:, 0]
+    assert len(set(first.tolist())) == 16
+    second = np.concatenate([whole[2]["x"], whole[3]["x"]])[:, 0]
+    assert not np.array_equal(first, second)

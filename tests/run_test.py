@@ -8,10 +8,14 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from configs import shortrun
 from keras_ebm import callbacks, run
+
+# Whole runs, subprocesses and exports: seconds each.
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,3 +121,30 @@ def test_toy2d_run_writes_scatter_plots(tmp_path):
     assert model.bank.states.shape == (200, 2)
     for kind in ("negatives", "bank", "generator"):
         assert (tmp_path / "samples" / f"{kind}_00000002.png").exists()
+    # The export takes 2-D states (the toy networks once claimed shape (1,)).
+    path = run.export(config, str(tmp_path))
+    loaded = tf.saved_model.load(path)
+    x = tf.random.normal((5, 2))
+    np.testing.assert_allclose(
+        loaded.energy(x).numpy(), model.potential(x).numpy(), rtol=1e-5
+    )
+    assert tuple(loaded.generate(tf.constant(7)).shape) == (7, 2)
+    assert tuple(loaded.purify(x).shape) == (5, 2)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    # The same 4 steps, once straight through and once as 2 + 2 with a
+    # resume from the step-2 checkpoint in between: same data batches, same
+    # random draws, so the same weights, moments, banks, latents and counts.
+    def config(num_steps):
+        c = shortrun.get_config("smoke")
+        c.train.update(num_steps=num_steps, log_every=2, checkpoint_every=2)
+        return c
+
+    straight = run.train(config(4), str(tmp_path / "a"))
+    run.train(config(2), str(tmp_path / "b"))
+    resumed = run.train(config(4), str(tmp_path / "b"))
+    assert int(resumed.ebm_optimizer.iterations) == 4
+    a, b = _state(straight), _state(resumed)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
