@@ -6,7 +6,8 @@ Endpoints (float32 NHWC images in [-1, 1], dynamic batch):
   prior and Gaussian terms), what Langevin descends;
 - `sample(x, num_steps) -> x`: Langevin from `x` with the trained step size
   and temperature;
-- `purify(x) -> x`: the regime's purification, `purify_steps` steps;
+- `purify(x) -> x`: the regime's purification, `purify_steps` steps at
+  `purify_step_size`;
 - `generate(n) -> [n, H, W, C]`: generator init plus the evaluation steps
   (only for models with a generator).
 
@@ -37,8 +38,22 @@ def _checked(x, state_shape, endpoint):
         return tf.ensure_shape(tf.identity(x), (None,) + tuple(state_shape))
 
 
-def export(model, path, *, purify_steps, eval_steps, eval_step_size, eval_temperature):
-    """Writes a SavedModel of `model` with the endpoints above to `path`."""
+def export(
+    model,
+    path,
+    *,
+    purify_steps,
+    eval_steps,
+    eval_step_size,
+    eval_temperature,
+    purify_step_size=None,
+):
+    """Writes a SavedModel of `model` with the endpoints above to `path`.
+
+    `purify` takes `purify_steps` steps at `purify_step_size` (default: the
+    training step size) and the training temperature; `generate` takes
+    `eval_steps` at the evaluation step size and temperature.
+    """
     shape = tuple(model.state_shape)
     any_rank = tf.TensorSpec(None, tf.float32, name="x")
     archive = keras.export.ExportArchive()
@@ -48,7 +63,12 @@ def export(model, path, *, purify_steps, eval_steps, eval_step_size, eval_temper
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
         u = model.potential_at(temperature or model.temperature)
         x, _ = langevin(
-            u, x, num_steps=num_steps, step_size=step_size or model.step_size, seed=seed
+            u,
+            x,
+            num_steps=num_steps,
+            step_size=step_size or model.step_size,
+            seed=seed,
+            max_drift_norm=model.max_drift_norm,
         )
         return x
 
@@ -61,7 +81,7 @@ def export(model, path, *, purify_steps, eval_steps, eval_step_size, eval_temper
         return run(x, num_steps)
 
     def purify(x):
-        return run(_checked(x, shape, "purify"), purify_steps)
+        return run(_checked(x, shape, "purify"), purify_steps, purify_step_size)
 
     archive.add_endpoint("energy", tf.function(energy), input_signature=[any_rank])
     archive.add_endpoint(

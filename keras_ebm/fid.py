@@ -29,10 +29,15 @@ INPUT_TENSOR, OUTPUT_TENSOR = "ExpandDims:0", "pool_3:0"
 
 
 class Backbone:
-    """A named feature map `images [-1, 1] -> [N, D]`, applied in batches."""
+    """A named feature map `images [-1, 1] -> [N, D]`, applied in batches.
 
-    def __init__(self, name, fn, batch_size=100):
+    `fingerprint` identifies its weights (a file hash), so that cached
+    statistics and features computed with other weights are never reused.
+    """
+
+    def __init__(self, name, fn, batch_size=100, fingerprint=""):
         self.name, self.fn, self.batch_size = name, fn, batch_size
+        self.fingerprint = fingerprint
 
     def __call__(self, images):
         images = np.asarray(images, np.float32)
@@ -128,6 +133,7 @@ def download_inception(cache_dir, sha256=""):
 
 
 def _sha256(path):
+    """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -165,14 +171,23 @@ def backbone(config):
         clf_config = clf_configs.get_config("digits")
         clf_config.data.image_size = config.data.image_size
         model = classify.load(clf_config, ev.classifier_workdir)
-        return Backbone("digits", lambda x: model.features(x, training=False), 256)
+        weights = os.path.join(ev.classifier_workdir, classify.WEIGHTS)
+        return Backbone(
+            "digits",
+            lambda x: model.features(x, training=False),
+            256,
+            _sha256(weights),
+        )
     if ev.backbone == "inception_ttur":
         path = ev.inception_graph
         if not path and ev.download:
             path = download_inception(ev.cache_dir, ev.inception_sha256)
-        return Backbone("inception_ttur", load_inception_graph(path), 50)
+        fn = load_inception_graph(path)
+        return Backbone("inception_ttur", fn, 50, _sha256(path))
     if ev.backbone == "inception_keras":
-        return Backbone("inception_keras", inception_keras(ev.inception_weights), 50)
+        weights = ev.inception_weights
+        fingerprint = _sha256(weights) if os.path.isfile(weights) else str(weights)
+        return Backbone("inception_keras", inception_keras(weights), 50, fingerprint)
     raise ValueError(f"unknown FID backbone {ev.backbone!r}")
 
 
@@ -286,6 +301,12 @@ def save_curve(results, path_png, title):
     ax.grid(True, alpha=0.3)
     fig.savefig(path_png, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def settings_key(settings):
+    """A short stable hash of a JSON-able dict, for cache file names."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def write_results(results, path_json, extra=None):

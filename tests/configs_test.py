@@ -96,6 +96,7 @@ def _train(tmp_path, *flags):
     )
 
 
+@pytest.mark.slow  # one train.py process each
 @pytest.mark.parametrize(
     "flag, message",
     [

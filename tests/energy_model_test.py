@@ -51,6 +51,7 @@ class EnergyModelTest(tf.test.TestCase, parameterized.TestCase):
         ("data_persistent", "data", True),
         ("noise_shortrun", "noise", False),
     )
+    @pytest.mark.slow
     def test_train_step_for_each_initialization(self, source, persistent):
         config = smoke_config(**{"init.source": source, "init.persistent": persistent})
         model = run.build_model(config)
@@ -65,45 +66,7 @@ class EnergyModelTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(int(model.ebm_optimizer.iterations), 1)
         self.assertEqual("gen_loss" in history, source == "generator")
 
-    def test_bank_write_back_and_counts(self):
-        config = smoke_config(**{"bank.rejuvenation_prob": 0.0, "bank.max_updates": 0})
-        model = run.build_model(config)
-        model.initialize_bank()
-        states = model.bank.states.numpy().copy()
-        latents = model.bank.latents.numpy().copy()
-        one_step(model, config)
-        counts = model.bank.counts.numpy()
-        drawn = counts == 1
-        # B states drawn, Langevin-updated and written back; others untouched.
-        self.assertEqual(drawn.sum(), config.train.batch_size)
-        self.assertEqual((counts == 0).sum(), model.bank.num_states - drawn.sum())
-        new = model.bank.states.numpy()
-        self.assertAllEqual(new[~drawn], states[~drawn])
-        self.assertTrue(np.all(np.any(new[drawn] != states[drawn], axis=(1, 2, 3))))
-        # Without rejuvenation the paired latents stay.
-        self.assertAllEqual(model.bank.latents.numpy(), latents)
-
-    def test_rejuvenation_resets_counts_and_latents(self):
-        config = smoke_config(**{"bank.rejuvenation_prob": 1.0})
-        model = run.build_model(config)
-        model.initialize_bank()
-        model.bank.counts.assign(tf.fill([model.bank.num_states], 7))
-        latents = model.bank.latents.numpy().copy()
-        history = one_step(model, config)
-        counts = model.bank.counts.numpy()
-        self.assertEqual(history["rejuvenated"][0], 1.0)
-        self.assertEqual((counts == 0).sum(), config.train.batch_size)
-        changed = np.any(model.bank.latents.numpy() != latents, axis=1)
-        self.assertEqual(changed.sum(), config.train.batch_size)
-
-    def test_lifetime_cap_forces_rejuvenation(self):
-        config = smoke_config(**{"bank.rejuvenation_prob": 0.0, "bank.max_updates": 2})
-        model = run.build_model(config)
-        model.initialize_bank()
-        model.bank.counts.assign(tf.fill([model.bank.num_states], 3))
-        history = one_step(model, config)
-        self.assertEqual(history["rejuvenated"][0], 1.0)
-
+    @pytest.mark.slow
     def test_frozen_generator(self):
         config = smoke_config(**{"generator.trainable": False})
         model = run.build_model(config)
@@ -114,6 +77,7 @@ class EnergyModelTest(tf.test.TestCase, parameterized.TestCase):
         for a, b in zip(before, model.generator.weights, strict=True):
             self.assertAllEqual(a, b)
 
+    @pytest.mark.slow
     def test_save_restore_round_trip_continues_identically(self):
         config = smoke_config()
         path = self.get_temp_dir() + "/m.weights.h5"
@@ -143,6 +107,7 @@ class EnergyModelTest(tf.test.TestCase, parameterized.TestCase):
         history = one_step(model, config)
         self.assertTrue(np.isfinite(history["loss"][0]))
 
+    @pytest.mark.slow
     def test_sample_runs_the_model_potential(self):
         config = smoke_config()
         model = run.build_model(config)

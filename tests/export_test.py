@@ -13,6 +13,9 @@ import tensorflow as tf
 from configs import shortrun
 from keras_ebm import run
 
+# Whole runs, subprocesses and exports: seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

@@ -1,5 +1,6 @@
 """FID backbones, the TTUR graph loading path, FID along chains, evaluate."""
 
+import glob
 import json
 import os
 
@@ -9,7 +10,7 @@ import tensorflow as tf
 
 from configs import classifier as clf_configs
 from configs import shortrun
-from keras_ebm import fid, metrics, run
+from keras_ebm import classify, fid, metrics, run
 from keras_ebm.sampling import langevin, potential
 
 
@@ -59,6 +60,7 @@ def test_inception_graph_errors(tmp_path):
         fid.load_inception_graph(str(wrong))
 
 
+@pytest.mark.slow
 def test_trajectory_fid_approaches_the_target_and_resumes(tmp_path):
     rng = np.random.default_rng(0)
     target = rng.normal(size=(4000, 2))
@@ -101,6 +103,7 @@ def test_trajectory_fid_approaches_the_target_and_resumes(tmp_path):
     assert again == pytest.approx(curve)
 
 
+@pytest.mark.slow
 def test_classifier_then_evaluate_smoke_run(tmp_path):
     clf_config = clf_configs.get_config("smoke")
     clf_config.data.image_size = 8
@@ -125,6 +128,29 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
         assert os.path.exists(os.path.join(workdir, "eval", name)), name
     assert os.listdir(os.path.join(workdir, "fid_cache"))
 
+    # Evaluation settings that change the chains never reuse saved features:
+    # another step size gives other FIDs; the same settings reuse them.
+    def trajectories():
+        return sorted(glob.glob(os.path.join(workdir, "eval", "trajectory_*.npz")))
+
+    config.eval.step_size = 0.2
+    other = run.evaluate(config, workdir)
+    assert len(trajectories()) == 2
+    assert other["fid_along_chain"]["3"] != summary["fid_along_chain"]["3"]
+    assert other["fid_along_chain"]["0"] == pytest.approx(
+        summary["fid_along_chain"]["0"]
+    )
+    again = run.evaluate(config, workdir)
+    assert again["fid_along_chain"] == other["fid_along_chain"]
+    assert len(trajectories()) == 2
+    # Other classifier weights: new data statistics, new features.
+    clf = classify.load(clf_config, clf_dir)
+    clf.set_weights([w * 1.5 for w in clf.get_weights()])
+    clf.save_weights(os.path.join(clf_dir, classify.WEIGHTS))
+    changed = run.evaluate(config, workdir)
+    assert len(os.listdir(os.path.join(workdir, "fid_cache"))) == 2
+    assert changed["fid_along_chain"]["0"] != other["fid_along_chain"]["0"]
+
 
 def test_evaluate_without_checkpoint_or_classifier(tmp_path):
     config = shortrun.get_config("smoke")
@@ -132,6 +158,7 @@ def test_evaluate_without_checkpoint_or_classifier(tmp_path):
         run.evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_inception_keras_backbone_shapes():
     # Random weights: the path (resize to 299, gray to RGB, pooling) only.
     features = fid.Backbone("inception_keras", fid.inception_keras(weights=None), 2)
@@ -152,6 +179,7 @@ def test_joint_temperature_divides_network_terms_only():
     )
 
 
+@pytest.mark.slow
 def test_evaluation_rebuilds_the_model_from_the_run_config(tmp_path):
     trained = shortrun.get_config("smoke")
     trained.init.persistent = False  # a training override ...

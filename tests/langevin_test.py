@@ -49,12 +49,25 @@ class LangevinTest(tf.test.TestCase, parameterized.TestCase):
         x, _ = chains(u, tf.zeros((4096, 2)), 1500, 0.1, [3, 4])
         self.assertAllClose(x.var(0), [0.25, 0.25], rtol=0.1)
 
-    def test_prior_term(self):
+    def test_prior_and_gaussian_terms_with_their_own_temperatures(self):
+        # E(x) = <a, x>, E_prior(x) = ||x||^4 / 4: distinct functions, so a
+        # swapped temperature or a missing term changes the value and the
+        # gradient. U = E/T + E_prior/T_prior + ||x||^2/(2 tau^2).
+        a = tf.constant([1.0, -3.0])
+        energy = lambda x: tf.reduce_sum(x * a, axis=1, keepdims=True)
+        prior = lambda x: tf.reduce_sum(tf.square(x), axis=1) ** 2 / 4
+        t, t_prior, tau = 0.5, 4.0, 0.7
         u = potential(
-            half_square, temperature=2.0, prior_fn=half_square, prior_temperature=2.0
+            energy, temperature=t, prior_fn=prior, prior_temperature=t_prior, tau=tau
         )
-        x = tf.constant([[1.0, -2.0]])
-        self.assertAllClose(u(x), [2.5 / 2 + 2.5 / 2])
+        x0 = np.array([[1.0, -2.0], [0.5, 0.25]], "float32")
+        sq = (x0**2).sum(1)
+        expected = (x0 @ a.numpy()) / t + sq**2 / 4 / t_prior + sq / (2 * tau**2)
+        self.assertAllClose(u(tf.constant(x0)), expected, rtol=1e-6)
+        # One noiseless step moves by -(eps^2/2) grad U.
+        grad = a.numpy() / t + sq[:, None] * x0 / t_prior + x0 / tau**2
+        x1, _ = langevin(u, x0, num_steps=1, step_size=0.1, noise=tf.zeros((1, 2, 2)))
+        self.assertAllClose(x1, x0 - 0.005 * grad, rtol=1e-5)
 
     def test_injected_noise_matches_hand_update(self):
         x0 = tf.constant([[1.0, 2.0], [-1.0, 0.5]])
@@ -83,18 +96,55 @@ class LangevinTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(graph[0], xla[0], atol=1e-5)
         self.assertAllClose(graph[1].drift_norm, xla[1].drift_norm, rtol=1e-4)
 
-    def test_drift_clip(self):
-        big = lambda x: 1e6 * tf.reduce_sum(x, axis=1)
+    def test_drift_clip_is_per_sample(self):
+        # Sample 0's drift (norm 0.2) is under the cap of 0.5 and must be
+        # untouched; sample 1's (norm 2.5) is over it and must be scaled to
+        # exactly 0.5 in its own direction. A whole-batch rescale fails both.
+        g = np.array([[0.0, 40.0, 0.0, 0.0], [3.0, 0.0, 4.0, 0.0]], "float32") * 1e2
+        g[0] /= 1e2  # grad 40 -> drift (0.01/2)*40 = 0.2
+        linear = lambda x: tf.reduce_sum(x * g, axis=1)
         x, stats = langevin(
-            big,
-            tf.zeros((3, 4)),
+            linear,
+            tf.zeros((2, 4)),
             num_steps=1,
             step_size=0.1,
-            noise=tf.zeros((1, 3, 4)),
+            noise=tf.zeros((1, 2, 4)),
             max_drift_norm=0.5,
         )
-        self.assertAllClose(np.linalg.norm(x.numpy(), axis=1), [0.5] * 3, rtol=1e-5)
-        self.assertAllClose(stats.last_drift_norm, 0.5, rtol=1e-5)
+        drift = 0.005 * g
+        self.assertAllClose(x[0], -drift[0], rtol=1e-6)
+        self.assertAllClose(x[1], -0.5 * drift[1] / np.linalg.norm(drift[1]), rtol=1e-5)
+        self.assertAllClose(stats.last_drift_norm, (0.2 + 0.5) / 2, rtol=1e-5)
+        # Without the clip both move by their full drift.
+        free, _ = langevin(
+            linear,
+            tf.zeros((2, 4)),
+            num_steps=1,
+            step_size=0.1,
+            noise=tf.zeros((1, 2, 4)),
+        )
+        self.assertAllClose(free, -drift, rtol=1e-6)
+
+    def test_same_seed_same_chain(self):
+        u = potential(half_square, temperature=0.5)
+        x0 = tf.random.stateless_normal((16, 3), [0, 1])
+        a, _ = chains(u, x0, 20, 0.1, [5, 6])
+        b, _ = chains(u, x0, 20, 0.1, [5, 6])
+        c, _ = chains(u, x0, 20, 0.1, [5, 7])
+        self.assertAllEqual(a, b)
+        self.assertNotAllClose(a, c)
+        # A seed draws step k's noise from fold_in(seed, k): the chain equals
+        # the same chain with that noise injected.
+        noise = tf.stack(
+            [
+                tf.random.stateless_normal(
+                    (16, 3), tf.random.experimental.stateless_fold_in([5, 6], k)
+                )
+                for k in range(20)
+            ]
+        )
+        injected, _ = langevin(u, x0, num_steps=20, step_size=0.1, noise=noise)
+        self.assertAllClose(a, injected, atol=1e-5)
 
     def test_bad_arguments(self):
         u = potential(half_square)

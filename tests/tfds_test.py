@@ -9,6 +9,9 @@ import tensorflow_datasets as tfds
 from configs import shortrun
 from keras_ebm import data, run
 
+# Whole runs, subprocesses and exports: seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
