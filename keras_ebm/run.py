@@ -426,13 +426,11 @@ def evaluate(config, workdir):
         return x
 
     milestones = sorted(set(ev.milestones) | {ev.num_steps})
+    chain_fields = ("step_size", "temperature", "joint_temperature", "batch_size")
     settings = dict(
+        {field: ev[field] for field in chain_fields},
         checkpoint_step=step,
-        step_size=ev.step_size,
-        temperature=ev.temperature,
-        joint_temperature=ev.joint_temperature,
         num_samples=ev.num_samples,
-        batch_size=ev.batch_size,
         milestones=milestones,
         seed=config.seed,
         data_statistics=data_key,

@@ -96,3 +96,25 @@ def test_export_purify_runs_its_steps_at_its_step_size(tmp_path):
 def test_export_generate_uses_the_evaluation_settings(exported):
     x = exported.generate(tf.constant(N))  # from gen(z) = 0
     assert_moved(np.zeros((N, D)), x, 4, 0.3, 2.0)
+
+
+def test_potential_terms_and_joint_temperature():
+    # U_j(x) = E/(T j) + E_prior/(T_prior j) + ||x||^2/(2 tau^2): the joint
+    # temperature divides both network terms and never the Gaussian term.
+    w_prior = np.array([0.5, 1.0, -2.0])
+    model = EnergyModel(
+        LinearEnergy(D, w=W),
+        prior_net=LinearEnergy(D, w=w_prior),
+        prior_temperature=3.0,
+        tau=0.7,
+        **TRAIN,
+    )
+    x = np.random.default_rng(0).normal(size=(5, D)).astype("float32")
+    t, j = TRAIN["temperature"], 1.25
+    want = x @ W / (t * j) + x @ w_prior / (3.0 * j) + (x**2).sum(1) / (2 * 0.49)
+    np.testing.assert_allclose(model.potential_at(t, j)(x), want, rtol=1e-5)
+    np.testing.assert_allclose(
+        model.potential(x),
+        x @ W / t + x @ w_prior / 3.0 + (x**2).sum(1) / 0.98,
+        rtol=1e-5,
+    )
