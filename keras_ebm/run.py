@@ -1,509 +1,54 @@
-"""`train(config, workdir)`: everything `train.py` does, testable.
-
-A run directory holds `config.json`, `checkpoints/`, `tensorboard/` and
-`samples/`. Running the same command again resumes from the newest
-checkpoint.
+"""`train`, `evaluate` and `export` of a config and a workdir: what
+`train.py` and `evaluate.py` call, dispatched to the config's regime
+(`keras_ebm.regimes`). The shared machinery is in `keras_ebm.training`.
 """
 
-import json
-import logging
-import math
-import os
-
-import keras
-import numpy as np
-import tensorflow as tf
-
-from keras_ebm import callbacks, data, distribute, networks, regimes
-from keras_ebm.models import EnergyModel
-from keras_ebm.sampling import SampleBank
-
-log = logging.getLogger("keras_ebm")
+from keras_ebm import data, regimes, training  # noqa: F401  (run.data: errors)
+from keras_ebm.training import ConfigError, load_trained, run_config  # noqa: F401
 
 
-class ConfigError(ValueError):
-    """An invalid config value; the message names the field."""
-
-
-# === Config checks ===
-
-
-def _require(ok, field, message):
-    if not ok:
-        raise ConfigError(f"config.{field}: {message}")
+def regime_of(config):
+    """The regime module of `config`, or a `ConfigError` naming the known."""
+    if config.regime not in regimes.REGIMES:
+        planned = regimes.PLANNED.get(config.regime)
+        hint = f" (it comes with {planned})" if planned else ""
+        raise ConfigError(
+            f"config.regime: unknown regime {config.regime!r}{hint}; "
+            f"known: {', '.join(regimes.NAMES)}"
+        )
+    return regimes.REGIMES[config.regime]
 
 
 def check_config(config):
     """Validates `config` before anything is built or written."""
-    _require(
-        config.regime in regimes.NAMES,
-        "regime",
-        f"unknown regime {config.regime!r}; known: {', '.join(regimes.NAMES)}",
-    )
-    _require(
-        config.data.name in data.NAMES,
-        "data.name",
-        f"unknown dataset {config.data.name!r}; known: {', '.join(data.NAMES)}",
-    )
-    _require(config.data.image_size > 0, "data.image_size", "must be positive")
-    _require(config.data.noise_std >= 0, "data.noise_std", "must be >= 0")
-    _require(
-        config.model.ebm in networks.NAMES,
-        "model.ebm",
-        f"unknown network {config.model.ebm!r}",
-    )
-    _require(
-        not config.model.generator or config.model.generator in networks.NAMES,
-        "model.generator",
-        f"unknown network {config.model.generator!r}",
-    )
-    lv = config.langevin
-    _require(
-        lv.num_steps >= 1, "langevin.num_steps", f"must be >= 1, got {lv.num_steps}"
-    )
-    _require(
-        lv.step_size > 0, "langevin.step_size", f"must be positive, got {lv.step_size}"
-    )
-    _require(
-        lv.temperature > 0,
-        "langevin.temperature",
-        f"must be positive, got {lv.temperature}",
-    )
-    _require(lv.tau >= 0, "langevin.tau", "must be >= 0")
-    _require(lv.max_drift_norm >= 0, "langevin.max_drift_norm", "must be >= 0")
-    _require(
-        config.init.source in ("noise", "data", "generator"),
-        "init.source",
-        "must be noise, data or generator",
-    )
-    _require(
-        config.init.source != "generator" or config.model.generator,
-        "init.source",
-        "'generator' needs config.model.generator",
-    )
-    tr = config.train
-    _require(tr.batch_size >= 1, "train.batch_size", "must be >= 1")
-    if config.init.persistent:
-        _require(
-            config.bank.size >= tr.batch_size,
-            "bank.size",
-            f"bank ({config.bank.size}) is smaller than the batch ({tr.batch_size})",
-        )
-    _require(
-        0 <= config.bank.rejuvenation_prob <= 1,
-        "bank.rejuvenation_prob",
-        "must be in [0, 1]",
-    )
-    _require(config.bank.max_updates >= 0, "bank.max_updates", "must be >= 0")
-    _require(tr.num_steps >= 1, "train.num_steps", "must be >= 1")
-    _require(
-        tr.log_every >= 1 and tr.num_steps % tr.log_every == 0,
-        "train.log_every",
-        "must divide train.num_steps",
-    )
-    for field in ("checkpoint_every", "image_every"):
-        every = tr[field]
-        _require(
-            every >= 1 and every % tr.log_every == 0,
-            f"train.{field}",
-            "must be a positive multiple of train.log_every",
-        )
-    _require(
-        str(tr.jit_compile) in ("auto", "on", "off"),
-        "train.jit_compile",
-        "must be auto, on or off",
-    )
-    _require(
-        tr.strategy in ("default", "mirrored", "multi_worker", "tpu"),
-        "train.strategy",
-        "must be default, mirrored, multi_worker or tpu",
-    )
-    for field in ("ebm_lr", "gen_lr"):
-        steps, rates = config.optim[field].steps, config.optim[field].rates
-        _require(
-            len(steps) == len(rates) > 0 and steps[0] == 0,
-            f"optim.{field}",
-            "needs as many steps as rates, the first at step 0",
-        )
-        _require(all(v > 0 for v in rates), f"optim.{field}", "must be positive")
-        _require(
-            list(steps) == sorted(set(steps)), f"optim.{field}", "steps must increase"
-        )
-    _require(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
-
-
-# === Building ===
-
-
-def state_shape(config):
-    if config.data.name == "toy2d":
-        return (2,)
-    size = config.data.image_size
-    return (size, size, config.data.channels)
-
-
-def learning_rate(schedule):
-    """A `{steps, rates}` schedule as a Keras piecewise-constant schedule."""
-    if len(schedule.rates) == 1:
-        return schedule.rates[0]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(
-        list(schedule.steps[1:]), list(schedule.rates)
-    )
-
-
-def _optimizer(schedule, clip_norm):
-    # Keras Adam defaults (beta 0.9/0.999, eps 1e-7) are the reference's;
-    # `clipnorm` clips each gradient tensor on its own, as the reference does.
-    return keras.optimizers.Adam(learning_rate(schedule), clipnorm=clip_norm or None)
+    regime_of(config).check(config)
 
 
 def build_model(config):
     """The compiled model of `config` (call inside `strategy.scope()`)."""
-    shape = state_shape(config)
-    energy_net = networks.build(
-        config.model.ebm, image_shape=shape, **config.model.ebm_kwargs
-    )
-    generator = None
-    if config.model.generator and config.init.source == "generator":
-        generator = networks.build(
-            config.model.generator,
-            image_shape=shape,
-            latent_dim=config.model.latent_dim,
-            **config.model.generator_kwargs,
-        )
-        if config.generator.weights:
-            networks.load_weights(generator, config.generator.weights)
-    bank = None
-    if config.init.persistent:
-        bank = SampleBank(
-            config.bank.size,
-            config.train.batch_size,
-            shape,
-            latent_dim=config.model.latent_dim if generator is not None else 0,
-            rejuvenation_prob=config.bank.rejuvenation_prob,
-            max_updates=config.bank.max_updates,
-        )
-    model = EnergyModel(
-        energy_net,
-        num_steps=config.langevin.num_steps,
-        step_size=config.langevin.step_size,
-        temperature=config.langevin.temperature,
-        data_noise_std=config.data.noise_std,
-        bank=bank,
-        generator=generator,
-        init_source=config.init.source,
-        train_generator=config.generator.trainable,
-        generator_batch_stats=config.generator.batch_stats_in_training,
-        max_drift_norm=config.langevin.max_drift_norm,
-        tau=config.langevin.tau,
-        seed=config.seed,
-    )
-    jit = {"auto": "auto", "on": True, "off": False}[str(config.train.jit_compile)]
-    model.compile(
-        _optimizer(config.optim.ebm_lr, config.optim.clip_norm),
-        _optimizer(config.optim.gen_lr, config.optim.clip_norm)
-        if model.train_generator
-        else None,
-        jit_compile=jit,
-    )
-    return model
+    return regime_of(config).build(config)
 
 
-# === Training ===
-
-
-def _check_workdir(config, workdir):
-    """Refuses to mix runs: a workdir's config may differ only in length."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    new = json.loads(config.to_json_best_effort())
-    old.get("train", {}).pop("num_steps", None)
-    new.get("train", {}).pop("num_steps", None)
-    if old != new:
-        diff = sorted(_diff(old, new))
-        raise ConfigError(
-            f"{workdir} holds a run with another config (differs in "
-            f"{', '.join(diff)}); choose another --workdir or remove it"
-        )
-
-
-def _diff(a, b, prefix=""):
-    for key in set(a) | set(b):
-        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-            yield from _diff(a[key], b[key], f"{prefix}{key}.")
-        elif a.get(key) != b.get(key):
-            yield f"{prefix}{key}"
+def state_shape(config):
+    return training.state_shape(config)
 
 
 def train(config, workdir):
-    """Trains (or resumes) the model of `config` in `workdir`.
-
-    Returns:
-        The trained `EnergyModel`.
-    """
-    if config.regime == "classifier":
-        from keras_ebm import classify
-
-        _check_workdir(config, workdir)
-        return classify.train(config, workdir)[0]
-    # Everything that can fail on bad input runs before anything is written.
-    check_config(config)
-    _check_workdir(config, workdir)
-    source = data.images(config)
-    strategy = distribute.get_strategy(config.train.strategy)
-    # Initial weights are a function of the seed too: two runs of one config
-    # are the same run. Only Keras' seed is kept: TF's global seed (which
-    # set_random_seed also sets) of 0 breaks tensor-seeded tf.data shuffles,
-    # and every TF draw of ours is stateless and seeded anyway.
-    keras.utils.set_random_seed(config.seed)
-    tf.random.set_seed(None)
-    with strategy.scope():
-        model = build_model(config)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    log.info("config: %s", config.to_json_best_effort(sort_keys=True))
-    if model.bank is not None:
-        log.info(
-            "bank: %d states (requested %d)", model.bank.num_states, config.bank.size
-        )
-
-    saved = callbacks.list_checkpoints(workdir)
-    if saved:
-        step, path = saved[-1]
-        model.load_weights(path)
-        log.info("resumed from step %d (%s)", step, path)
-        print(f"Resumed from step {step}: {path}")
-    else:
-        step = 0
-        if model.bank is not None:
-            init = None
-            if config.init.source == "data":
-                init = _tile(
-                    data.take_array(source, model.bank.num_states),
-                    model.bank.num_states,
-                )
-            model.initialize_bank(init)
-        callbacks.save_checkpoint(model, workdir, 0, config.train.keep_checkpoints)
-
-    tr = config.train
-    if step >= tr.num_steps:
-        log.info("already trained for %d steps", step)
-        return model
-    stream = data.train_stream(
-        source,
-        tr.batch_size,
-        config.seed,
-        with_init=config.init.source == "data",
-        start_step=step,
-    )
-    model.fit(
-        stream,
-        epochs=tr.num_steps // tr.log_every,
-        steps_per_epoch=tr.log_every,
-        initial_epoch=step // tr.log_every,
-        verbose=0,
-        shuffle=False,  # the stream is shuffled already
-        callbacks=[
-            callbacks.ProgressBar(step, tr.num_steps),
-            callbacks.Summaries(workdir, tr.image_every, tr.num_steps),
-            callbacks.Checkpointer(
-                workdir, tr.checkpoint_every, tr.num_steps, tr.keep_checkpoints
-            ),
-        ],
-    )
-    return model
-
-
-def _tile(array, num):
-    """Repeats a small dataset to fill a larger bank."""
-    reps = math.ceil(num / len(array))
-    return np.concatenate([array] * reps)[:num]
-
-
-# === Evaluation ===
-
-
-def run_config(config, workdir):
-    """The config a run was trained with, with `eval` taken from `config`.
-
-    Evaluating `runs/x` then needs no repetition of its training overrides:
-    the model is rebuilt from `<workdir>/config.json`; the flags choose only
-    how to evaluate it.
-    """
-    import ml_collections
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return config
-    with open(path) as f:
-        saved = ml_collections.ConfigDict(json.load(f))
-    saved.eval = config.eval
-    return saved
-
-
-def load_trained(config, workdir):
-    """The model of a run directory at its newest checkpoint."""
-    saved = callbacks.list_checkpoints(workdir)
-    if not saved:
-        raise FileNotFoundError(
-            f"no checkpoint in {workdir}/checkpoints; train first with the same flags"
-        )
-    step, path = saved[-1]
-    model = build_model(config)
-    model.load_weights(path)
-    return model, step
+    """Trains (or resumes) the model of `config` in `workdir`; returns it."""
+    return regime_of(config).train(config, workdir)
 
 
 def evaluate(config, workdir):
-    """Shortrun evaluation: FID along the evaluation chains and sample grids.
+    """Evaluates the newest checkpoint of `workdir`.
 
-    Chains start from the regime's init (generator `gen(z)` with moving BN
-    statistics, as the reference FID; or noise, or bank states), take
-    `eval.num_steps` Langevin steps at `eval.step_size` / `eval.temperature`,
-    and FID is measured at every `eval.milestones` step count on the same
-    chains. Writes `eval/results.json`, `eval/fid_curve.{csv,png}`,
-    `eval/samples_<steps>.png` and TensorBoard summaries.
-
-    Returns:
-        The results dict.
+    The model is rebuilt from `<workdir>/config.json`; `config` contributes
+    only its `eval` section (see `training.run_config`).
     """
-    import tensorflow as tf
-
-    from keras_ebm import fid
-
     config = run_config(config, workdir)
-    check_config(config)
-    ev = config.eval
-    if config.data.name == "toy2d":
-        raise ConfigError("config.data.name: FID is not defined for toy2d")
-    model, step = load_trained(config, workdir)
-    net = fid.backbone(config)
-    out = os.path.join(workdir, "eval")
-    os.makedirs(out, exist_ok=True)
-    cache_dir = ev.cache_dir or os.path.join(workdir, "fid_cache")
-    # Caches are named by everything that changes what they hold, so that a
-    # change recomputes and never silently reuses (several may coexist).
-    data_settings = dict(
-        data=config.data.name,
-        split=ev.data_split,
-        image_size=config.data.image_size,
-        num_samples=ev.num_samples,
-        backbone=net.name,
-        weights=net.fingerprint,
-    )
-    data_key = fid.settings_key(data_settings)
-    cache = os.path.join(cache_dir, f"{config.data.name}_{net.name}_{data_key}.npz")
-    images = data.take_array(data.images(config), ev.num_samples)
-    stats = fid.data_statistics(images, net, cache)
-
-    if model.chain_starts(1, tf.constant([0, 0])) is None:
-        raise ConfigError(
-            "config.init: a data-initialized model without a bank has no "
-            "chains to evaluate; use init.persistent=True"
-        )
-
-    def sample_init(b):
-        seed = tf.constant([config.seed + 1000, b])
-        return model.chain_starts(ev.batch_size, seed, start=b * ev.batch_size)
-
-    first = {}
-
-    def advance(x, num_steps, b, segment):
-        x, _ = model.sample(
-            x,
-            num_steps,
-            seed=[b, segment],
-            step_size=ev.step_size,
-            temperature=ev.temperature,
-            joint_temperature=ev.joint_temperature,
-        )
-        if b == 0:
-            first[segment] = x.numpy()
-        return x
-
-    milestones = sorted(set(ev.milestones) | {ev.num_steps})
-    chain_fields = ("step_size", "temperature", "joint_temperature", "batch_size")
-    settings = dict(
-        {field: ev[field] for field in chain_fields},
-        checkpoint_step=step,
-        num_samples=ev.num_samples,
-        milestones=milestones,
-        seed=config.seed,
-        data_statistics=data_key,
-    )
-    key = fid.settings_key(settings)
-    state = os.path.join(out, f"trajectory_step{step}_{key}.npz")
-    results = fid.trajectory_fid(
-        sample_init,
-        advance,
-        net,
-        stats,
-        ev.num_samples,
-        ev.batch_size,
-        milestones,
-        state_path=state,
-    )
-    headline = results[ev.num_steps]
-    summary = {
-        "checkpoint_step": step,
-        "settings": {**settings, **data_settings},
-        "backbone": net.name,
-        "num_samples": ev.num_samples,
-        "eval_steps": ev.num_steps,
-        "fid": headline,
-        "fid_along_chain": {str(k): v for k, v in results.items()},
-    }
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out, "fid_curve.csv"), "w") as f:
-        f.write("langevin_steps,fid\n")
-        f.writelines(f"{k},{v:.6f}\n" for k, v in sorted(results.items()))
-    fid.save_curve(
-        results,
-        os.path.join(out, "fid_curve.png"),
-        f"{config.data.name}, {net.name} FID, step {step}",
-    )
-    for segment, m in enumerate(milestones):
-        if segment in first:
-            callbacks.save_png(
-                os.path.join(out, f"samples_{m:06d}.png"),
-                callbacks.image_grid(
-                    first[segment][:64], scale=max(1, 64 // first[segment].shape[1])
-                ),
-            )
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", "eval"))
-    with writer.as_default(step=step):
-        tf.summary.scalar(f"fid/{net.name}", headline)
-        for k, v in results.items():
-            tf.summary.scalar(f"fid_along_chain/{net.name}/{k:06d}", v)
-    writer.flush()
-    print(f"\n{'Langevin steps':>15} | FID ({net.name}, {ev.num_samples} samples)")
-    for k, v in sorted(results.items()):
-        mark = "  <- eval.num_steps" if k == ev.num_steps else ""
-        print(f"{k:>15} | {v:10.3f}{mark}")
-    return summary
+    return regime_of(config).evaluate(config, workdir)
 
 
 def export(config, workdir):
-    """Exports the newest checkpoint of a run as a SavedModel in
-    `<workdir>/export` (see `keras_ebm.export`)."""
-    from keras_ebm import export as export_lib
-
+    """Writes the SavedModel(s) of the newest checkpoint of `workdir`."""
     config = run_config(config, workdir)
-    model, step = load_trained(config, workdir)
-    path = os.path.join(workdir, "export")
-    ev = config.eval
-    export_lib.export(
-        model,
-        path,
-        purify_steps=config.langevin.num_steps,
-        eval_steps=ev.num_steps,
-        eval_step_size=ev.step_size,
-        eval_temperature=ev.temperature,
-    )
-    print(f"SavedModel of step {step} written to {path}")
-    return path
+    return regime_of(config).export(config, workdir)

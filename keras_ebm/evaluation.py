@@ -1,0 +1,154 @@
+"""Evaluation shared by the EBM regimes: FID along one trajectory of
+Langevin chains, and the SavedModel export."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from keras_ebm import callbacks, data, fid
+from keras_ebm import export as export_lib
+from keras_ebm.training import ConfigError
+
+
+def fid_along_chains(config, workdir, model, step):
+    """FID along the evaluation chains of `model` (checkpoint `step`), and
+    sample grids.
+
+    Chains start from the regime's init (generator `gen(z)` with moving BN
+    statistics, as the reference FID; or noise, or bank states), take
+    `eval.num_steps` Langevin steps at `eval.step_size` / `eval.temperature`,
+    and FID is measured at every `eval.milestones` step count on the same
+    chains. Writes `eval/results.json`, `eval/fid_curve.{csv,png}`,
+    `eval/samples_<steps>.png` and TensorBoard summaries.
+
+    Returns:
+        The results dict.
+    """
+    ev = config.eval
+    if config.data.name == "toy2d":
+        raise ConfigError("config.data.name: FID is not defined for toy2d")
+    net = fid.backbone(config)
+    out = os.path.join(workdir, "eval")
+    os.makedirs(out, exist_ok=True)
+    cache_dir = ev.cache_dir or os.path.join(workdir, "fid_cache")
+    # Caches are named by everything that changes what they hold, so that a
+    # change recomputes and never silently reuses (several may coexist).
+    data_settings = dict(
+        data=config.data.name,
+        split=ev.data_split,
+        image_size=config.data.image_size,
+        num_samples=ev.num_samples,
+        backbone=net.name,
+        weights=net.fingerprint,
+    )
+    data_key = fid.settings_key(data_settings)
+    cache = os.path.join(cache_dir, f"{config.data.name}_{net.name}_{data_key}.npz")
+    images = data.take_array(data.images(config), ev.num_samples)
+    stats = fid.data_statistics(images, net, cache)
+
+    if model.chain_starts(1, tf.constant([0, 0])) is None:
+        raise ConfigError(
+            "config.init: a data-initialized model without a bank has no "
+            "chains to evaluate; use init.persistent=True"
+        )
+
+    def sample_init(b):
+        seed = tf.constant([config.seed + 1000, b])
+        return model.chain_starts(ev.batch_size, seed, start=b * ev.batch_size)
+
+    first = {}
+
+    def advance(x, num_steps, b, segment):
+        x, _ = model.sample(
+            x,
+            num_steps,
+            seed=[b, segment],
+            step_size=ev.step_size,
+            temperature=ev.temperature,
+            joint_temperature=ev.joint_temperature,
+        )
+        if b == 0:
+            first[segment] = x.numpy()
+        return x
+
+    milestones = sorted(set(ev.milestones) | {ev.num_steps})
+    chain_fields = ("step_size", "temperature", "joint_temperature", "batch_size")
+    settings = dict(
+        {field: ev[field] for field in chain_fields},
+        checkpoint_step=step,
+        num_samples=ev.num_samples,
+        milestones=milestones,
+        seed=config.seed,
+        data_statistics=data_key,
+    )
+    key = fid.settings_key(settings)
+    state = os.path.join(out, f"trajectory_step{step}_{key}.npz")
+    results = fid.trajectory_fid(
+        sample_init,
+        advance,
+        net,
+        stats,
+        ev.num_samples,
+        ev.batch_size,
+        milestones,
+        state_path=state,
+    )
+    headline = results[ev.num_steps]
+    summary = {
+        "checkpoint_step": step,
+        "settings": {**settings, **data_settings},
+        "backbone": net.name,
+        "num_samples": ev.num_samples,
+        "eval_steps": ev.num_steps,
+        "fid": headline,
+        "fid_along_chain": {str(k): v for k, v in results.items()},
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out, "fid_curve.csv"), "w") as f:
+        f.write("langevin_steps,fid\n")
+        f.writelines(f"{k},{v:.6f}\n" for k, v in sorted(results.items()))
+    fid.save_curve(
+        results,
+        os.path.join(out, "fid_curve.png"),
+        f"{config.data.name}, {net.name} FID, step {step}",
+    )
+    for segment, m in enumerate(milestones):
+        if segment in first:
+            callbacks.save_png(
+                os.path.join(out, f"samples_{m:06d}.png"),
+                callbacks.image_grid(
+                    first[segment][:64], scale=max(1, 64 // first[segment].shape[1])
+                ),
+            )
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", "eval"))
+    with writer.as_default(step=step):
+        tf.summary.scalar(f"fid/{net.name}", headline)
+        for k, v in results.items():
+            tf.summary.scalar(f"fid_along_chain/{net.name}/{k:06d}", v)
+    writer.flush()
+    print(f"\n{'Langevin steps':>15} | FID ({net.name}, {ev.num_samples} samples)")
+    for k, v in sorted(results.items()):
+        mark = "  <- eval.num_steps" if k == ev.num_steps else ""
+        print(f"{k:>15} | {v:10.3f}{mark}")
+    return summary
+
+
+def export(config, workdir, model, step, **purify):
+    """Writes the SavedModel of `model` to `<workdir>/export` (see
+    `keras_ebm.export`); `purify` may set `purify_steps` and
+    `purify_step_size` (default: the training K and step size)."""
+    path = os.path.join(workdir, "export")
+    ev = config.eval
+    export_lib.export(
+        model,
+        path,
+        purify_steps=purify.get("purify_steps", config.langevin.num_steps),
+        purify_step_size=purify.get("purify_step_size"),
+        eval_steps=ev.num_steps,
+        eval_step_size=ev.step_size,
+        eval_temperature=ev.temperature,
+    )
+    print(f"SavedModel of step {step} written to {path}")
+    return path

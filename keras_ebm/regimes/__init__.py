@@ -1,0 +1,21 @@
+"""The regimes `train.py --regime` knows: a plain dict from name to module.
+
+Each module holds only what differs between regimes, with the same five
+functions: `check(config)`, `build(config)` (EBM regimes),
+`train(config, workdir)`, `evaluate(config, workdir)` and
+`export(config, workdir)`. What they share (checks, model building, the
+workdir, checkpoints, resume, the fit loop) is in `keras_ebm.training`;
+evaluation they share in `keras_ebm.evaluation`. Each regime has a config
+file `configs/<regime>.py`.
+"""
+
+from keras_ebm.regimes import classifier, shortrun
+
+REGIMES = {"shortrun": shortrun, "classifier": classifier}
+NAMES = tuple(REGIMES)
+# Planned regimes, named so that asking for one gives a clear answer.
+PLANNED = {
+    "midrun": "the midrun (defense) issue",
+    "longrun": "the longrun (density) issue",
+    "prior": "the longrun (density) issue",
+}
