@@ -96,6 +96,11 @@ def get_config(arg="digits"):
             image_every=2500,
             checkpoint_every=500,
         )
+        # Steady state: exact on the grid; histograms of 5000 chains run
+        # 100K steps from data at the training step size and temperature.
+        c.eval.update(
+            num_samples=5000, num_steps=100000, step_size=0.05, temperature=1.0
+        )
     elif arg == "cifar10":
         _reference(
             c,

@@ -176,8 +176,8 @@ class Summaries(keras.callbacks.Callback):
                 tf.summary.scalar("learning_rate/gen", _lr(model.gen_optimizer))
             steps = max(step - self._start, 1)
             tf.summary.scalar("seconds_per_step", (time.time() - self._time) / steps)
-            if model.bank is not None:
-                tf.summary.histogram("bank_counts", model.bank.counts.numpy())
+            for name, bank in model.banks.items():
+                tf.summary.histogram(f"{name}_counts", bank.counts.numpy())
             if step % self.image_every == 0 or step >= self.last_step:
                 self.write_images(step)
         self.writer.flush()

@@ -49,6 +49,15 @@ def check_config(config):
         "model.ebm",
         f"unknown network {config.model.ebm!r}",
     )
+    planned = networks.PLANNED.get(config.model.generator)
+    require(
+        planned is None,
+        "model.generator",
+        f"{config.model.generator} is not built yet (it comes with {planned}); "
+        "choose an SNGAN generator of the same size, e.g. "
+        "--config.model.generator=gen_sngan64 with its weights in "
+        "--config.generator.weights",
+    )
     require(
         not config.model.generator or config.model.generator in networks.NAMES,
         "model.generator",
@@ -129,6 +138,28 @@ def check_config(config):
     require(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
 
 
+def check_frozen_generator(config, dataset):
+    """A frozen generator as init source needs weights that exist: a run
+    directory, a `.weights.h5` file or a TF checkpoint prefix."""
+    if config.init.source != "generator" or config.generator.trainable:
+        return
+    path = config.generator.weights
+    require(
+        bool(path),
+        "generator.weights",
+        "a frozen generator needs weights: a shortrun run directory, a "
+        ".weights.h5 file or a TF checkpoint prefix",
+    )
+    exists = is_run(path) or os.path.isfile(path) or tf.io.gfile.exists(path + ".index")
+    require(
+        exists,
+        "generator.weights",
+        f"no trained generator at {path!r}; train one with `python train.py "
+        f"--regime=shortrun --dataset={dataset}` (its run directory is "
+        f"runs/shortrun/{dataset}) or pass a weights file",
+    )
+
+
 # === Building ===
 
 
@@ -154,10 +185,11 @@ def _optimizer(schedule, clip_norm):
     return keras.optimizers.Adam(learning_rate(schedule), clipnorm=clip_norm or None)
 
 
-def build_model(config, **overrides):
-    """The compiled `EnergyModel` of `config` (call inside `strategy.scope()`).
+def build_model(config, model_class=EnergyModel, **extra):
+    """The compiled model of `config` (call inside `strategy.scope()`).
 
-    `overrides` replace constructor arguments (a regime's extra terms).
+    `model_class` is `EnergyModel` or a subclass of it; `extra` are the
+    subclass's own constructor arguments (a regime's extra terms).
     """
     shape = state_shape(config)
     energy_net = networks.build(
@@ -172,7 +204,7 @@ def build_model(config, **overrides):
             **config.model.generator_kwargs,
         )
         if config.generator.weights:
-            networks.load_weights(generator, config.generator.weights)
+            load_generator(generator, config.generator.weights)
     bank = None
     if config.init.persistent:
         bank = SampleBank(
@@ -183,7 +215,7 @@ def build_model(config, **overrides):
             rejuvenation_prob=config.bank.rejuvenation_prob,
             max_updates=config.bank.max_updates,
         )
-    model = EnergyModel(
+    model = model_class(
         energy_net,
         num_steps=config.langevin.num_steps,
         step_size=config.langevin.step_size,
@@ -197,7 +229,7 @@ def build_model(config, **overrides):
         max_drift_norm=config.langevin.max_drift_norm,
         tau=config.langevin.tau,
         seed=config.seed,
-        **overrides,
+        **extra,
     )
     jit = {"auto": "auto", "on": True, "off": False}[str(config.train.jit_compile)]
     model.compile(
@@ -208,6 +240,53 @@ def build_model(config, **overrides):
         jit_compile=jit,
     )
     return model
+
+
+def is_run(path):
+    """Whether `path` is a keras_ebm run directory (config + checkpoints)."""
+    return os.path.isfile(os.path.join(path, "config.json")) and bool(
+        callbacks.list_checkpoints(path)
+    )
+
+
+def network_of_run(workdir, attribute, build=None):
+    """A network (`energy_net`, `generator`) of another run at its newest
+    checkpoint, rebuilt from that run's `config.json` with `build` (default
+    `build_model`: a shortrun, prior or midrun run)."""
+    import ml_collections
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    model, _ = load_trained(config, workdir, build)
+    net = getattr(model, attribute, None)
+    if net is None:
+        raise ConfigError(f"the run in {workdir} has no {attribute}")
+    return net
+
+
+def load_generator(generator, path):
+    """Loads generator weights from a run directory (its newest checkpoint),
+    a `.weights.h5` file or a reference TF checkpoint prefix.
+
+    Raises:
+        ConfigError: a source whose generator does not fit `generator`.
+        FileNotFoundError: nothing at `path`.
+    """
+    if os.path.isdir(path):
+        if not is_run(path):
+            raise FileNotFoundError(f"{path} is not a run directory with checkpoints")
+        source = network_of_run(path, "generator")
+        if source.image_shape != generator.image_shape or [
+            w.shape for w in source.weights
+        ] != [w.shape for w in generator.weights]:
+            raise ConfigError(
+                f"config.generator.weights: the generator of {path} makes "
+                f"{source.image_shape} states with other layer shapes than this "
+                f"config's {generator.image_shape} generator"
+            )
+        generator.set_weights(source.get_weights())
+        return
+    networks.load_weights(generator, path)
 
 
 # === Training ===
@@ -267,10 +346,8 @@ def train(config, workdir, build, check):
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     log.info("config: %s", config.to_json_best_effort(sort_keys=True))
-    if model.bank is not None:
-        log.info(
-            "bank: %d states (requested %d)", model.bank.num_states, config.bank.size
-        )
+    for name, bank in model.banks.items():
+        log.info("%s: %d states (requested %d)", name, bank.num_states, bank.size)
 
     saved = callbacks.list_checkpoints(workdir)
     if saved:
@@ -280,13 +357,11 @@ def train(config, workdir, build, check):
         print(f"Resumed from step {step}: {path}")
     else:
         step = 0
-        if model.bank is not None:
+        if model.banks:
             init = None
             if config.init.source == "data":
-                init = _tile(
-                    data.take_array(source, model.bank.num_states),
-                    model.bank.num_states,
-                )
+                n = max(bank.num_states for bank in model.banks.values())
+                init = _tile(data.take_array(source, n), n)
             model.initialize_bank(init)
         callbacks.save_checkpoint(model, workdir, 0, config.train.keep_checkpoints)
 

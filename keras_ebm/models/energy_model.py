@@ -20,6 +20,8 @@ class StepSeeds(NamedTuple):
     fresh: tf.Tensor  # fresh states and latents
     langevin: tf.Tensor  # Langevin noise
     data_noise: tf.Tensor  # noise added to the positives
+    burnin_draw: tf.Tensor  # which burn-in states (longrun)
+    burnin: tf.Tensor  # burn-in Langevin noise (longrun)
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -112,23 +114,31 @@ class EnergyModel(keras.Model):
             prior_net.trainable = False
         self.potential = self.potential_at(temperature)
 
-        # === Metrics ===
-        names = ["loss", "energy_gap", "energy_pos", "energy_neg"]
-        names += ["drift_norm", "drift_norm_path"]
-        if bank is not None:
-            names += ["bank_age", "rejuvenated"]
-        if self.train_generator:
-            names += ["gen_loss"]
-        self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in self.metric_names()}
         self._samplers = {}
         self.build((None,) + self.state_shape)
 
     def build(self, input_shape):
         self.built = True
 
+    def metric_names(self):
+        """Names of the train-step metrics (subclasses add theirs)."""
+        names = ["loss", "energy_gap", "energy_pos", "energy_neg"]
+        names += ["drift_norm", "drift_norm_path"]
+        if self.bank is not None:
+            names += ["bank_age", "rejuvenated"]
+        if self.train_generator:
+            names += ["gen_loss"]
+        return names
+
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    @property
+    def banks(self):
+        """`{name: SampleBank}` of every persistent bank (for summaries)."""
+        return {} if self.bank is None else {"bank": self.bank}
 
     def call(self, x):
         return self.energy_net(x, training=False)
@@ -172,7 +182,8 @@ class EnergyModel(keras.Model):
         seed = tf.random.experimental.stateless_fold_in(
             [self.seed, 0], ops.cast(step, "int32")
         )
-        return StepSeeds(*tf.unstack(tf.random.experimental.stateless_split(seed, 5)))
+        seeds = tf.random.experimental.stateless_split(seed, len(StepSeeds._fields))
+        return StepSeeds(*tf.unstack(seeds))
 
     def latent(self, batch_size, seed):
         """`z ~ N(0, I)` of shape `[batch_size, latent_dim]`."""
@@ -233,37 +244,67 @@ class EnergyModel(keras.Model):
 
     # === Training ===
 
+    def start_chains(self, batch_size, seeds, x_data=None):
+        """Where this step's chains start.
+
+        Draws B states from the bank and rejuvenates at draw time, where
+        `u < p` or `count > w` (ebm-life-cycle `train.py`; the paper's
+        Algorithm 1 rejuvenates after the update): a rejuvenated state
+        restarts from the init source (and its latent with it), its count
+        from 0; the others keep their state and latent, and count one more
+        draw. Without a bank every chain starts fresh.
+
+        Returns:
+            `(x_init, z, pending, metrics)`: start states, their latents (or
+            None), what `finish_chains` needs, and metrics of the draw.
+        """
+        x_init, z = self.fresh_states(batch_size, seeds.fresh, x_data)
+        if self.bank is None:
+            return x_init, z, None, {}
+        idx = self.bank.draw_indices(seeds.draw)
+        x_old, counts, z_old = self.bank.draw(idx)
+        mask = self.bank.rejuvenation_mask(counts, seeds.mask)
+        x_init = ops.where(_rows(mask, x_init), x_init, x_old)
+        if z is not None and z_old is not None:
+            z = ops.where(mask[:, None], z, z_old)
+        counts = ops.where(mask, 0, counts + 1)
+        metrics = {"rejuvenated": ops.mean(ops.cast(mask, "float32"))}
+        return x_init, z, (idx, counts), metrics
+
+    def run_chains(self, x, num_steps, seed):
+        """`num_steps` Langevin steps under the training potential; the
+        result carries no gradient to the networks."""
+        x, stats = langevin(
+            self.potential,
+            ops.stop_gradient(x),
+            num_steps=num_steps,
+            step_size=self.step_size,
+            seed=seed,
+            max_drift_norm=self.max_drift_norm,
+        )
+        return ops.stop_gradient(x), stats
+
+    def finish_chains(self, pending, x_neg, z, seeds):
+        """Writes the revised states (and latents) back; returns metrics."""
+        if self.bank is None:
+            return {}
+        idx, counts = pending
+        self.bank.update(idx, x_neg, counts, z)
+        return {"bank_age": self.bank.mean_age()}
+
     def train_step(self, data):
+        """One step: start chains, K Langevin steps, EBM update, generator
+        update, write back. Regimes change where chains start and what
+        happens to them after (`start_chains`, `finish_chains`), never the
+        updates."""
         if isinstance(data, dict):
             x_pos, x_data = data["x"], data.get("x_init")
         else:
             x_pos, x_data = data, None
         batch_size = x_pos.shape[0]
         seeds = self.step_seeds()
-        metrics = {}
-
-        # Draw and rejuvenate at draw time (ebm-life-cycle `train.py`; the
-        # paper's Algorithm 1 rejuvenates after the update).
-        x_init, z = self.fresh_states(batch_size, seeds.fresh, x_data)
-        if self.bank is not None:
-            idx = self.bank.draw_indices(seeds.draw)
-            x_old, counts, z_old = self.bank.draw(idx)
-            mask = self.bank.rejuvenation_mask(counts, seeds.mask)
-            x_init = ops.where(_rows(mask, x_init), x_init, x_old)
-            if z is not None and z_old is not None:
-                z = ops.where(mask[:, None], z, z_old)
-            counts = ops.where(mask, 0, counts + 1)
-            metrics["rejuvenated"] = ops.mean(ops.cast(mask, "float32"))
-
-        x_neg, stats = langevin(
-            self.potential,
-            ops.stop_gradient(x_init),
-            num_steps=self.num_steps,
-            step_size=self.step_size,
-            seed=seeds.langevin,
-            max_drift_norm=self.max_drift_norm,
-        )
-        x_neg = ops.stop_gradient(x_neg)
+        x_init, z, pending, metrics = self.start_chains(batch_size, seeds, x_data)
+        x_neg, stats = self.run_chains(x_init, self.num_steps, seeds.langevin)
 
         # ML update of the EBM: one forward pass over positives and negatives.
         noise = distribute.replica_rows(
@@ -289,10 +330,7 @@ class EnergyModel(keras.Model):
             self.gen_optimizer.apply(tape.gradient(scaled, gen_vars), gen_vars)
             metrics["gen_loss"] = gen_loss
 
-        if self.bank is not None:
-            self.bank.update(idx, x_neg, counts, z)
-            metrics["bank_age"] = self.bank.mean_age()
-
+        metrics.update(self.finish_chains(pending, x_neg, z, seeds))
         metrics.update(
             loss=loss,
             energy_gap=gap,
@@ -302,7 +340,10 @@ class EnergyModel(keras.Model):
             drift_norm_path=stats.drift_norm,
         )
         for name, value in metrics.items():
-            self.trackers[name].update_state(value)
+            # A `(values, weights)` pair is a weighted mean (e.g. over the
+            # states a step transferred, which may be none).
+            pair = value if isinstance(value, tuple) else (value,)
+            self.trackers[name].update_state(*pair)
         return {m.name: m.result() for m in self.metrics}
 
     # === Sampling ===

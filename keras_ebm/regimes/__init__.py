@@ -9,13 +9,16 @@ evaluation they share in `keras_ebm.evaluation`. Each regime has a config
 file `configs/<regime>.py`.
 """
 
-from keras_ebm.regimes import classifier, shortrun
+from keras_ebm.regimes import classifier, longrun, prior, shortrun
 
-REGIMES = {"shortrun": shortrun, "classifier": classifier}
+REGIMES = {
+    "shortrun": shortrun,
+    "prior": prior,
+    "longrun": longrun,
+    "classifier": classifier,
+}
 NAMES = tuple(REGIMES)
 # Planned regimes, named so that asking for one gives a clear answer.
 PLANNED = {
     "midrun": "the midrun (defense) issue",
-    "longrun": "the longrun (density) issue",
-    "prior": "the longrun (density) issue",
 }

@@ -1,6 +1,7 @@
 """Shortrun image synthesis (paper Section 2, Algorithm 1): an
 `EnergyModel` with the hybrid persistent/cooperative initialization, the
-shared fit loop, FID along the chains, and the SavedModel export."""
+shared fit loop, FID along the chains (toy2d: the exact steady state), and
+the SavedModel export."""
 
 from keras_ebm import evaluation, training
 
@@ -21,7 +22,7 @@ def train(config, workdir):
 def evaluate(config, workdir):
     check(config)
     model, step = training.load_trained(config, workdir, build)
-    return evaluation.fid_along_chains(config, workdir, model, step)
+    return evaluation.evaluate_model(config, workdir, model, step)
 
 
 def export(config, workdir):
