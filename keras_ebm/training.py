@@ -330,9 +330,12 @@ def train(config, workdir, build, check):
         The trained model.
     """
     # Everything that can fail on bad input runs before anything is written.
+    # The shared fields, then the dataset (its error says how to get it),
+    # then the regime's own fields and resources (prior run, generator).
+    check_config(config)
+    source = data.images(config)
     check(config)
     check_workdir(config, workdir)
-    source = data.images(config)
     strategy = distribute.get_strategy(config.train.strategy)
     # Initial weights are a function of the seed too: two runs of one config
     # are the same run. Only Keras' seed is kept: TF's global seed (which

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import shortrun
+from configs import longrun, shortrun
 from keras_ebm import callbacks, run
 
 # Whole runs, subprocesses and exports: seconds each.
@@ -28,7 +28,7 @@ def _state(model):
     """
     variables = list(model.weights)
     for opt in (model.ebm_optimizer, model.gen_optimizer):
-        variables += list(opt.variables)
+        variables += list(opt.variables) if opt is not None else []
     return {i: v.numpy() for i, v in enumerate(variables)}
 
 
@@ -132,12 +132,14 @@ def test_toy2d_run_writes_scatter_plots(tmp_path):
     assert tuple(loaded.purify(x).shape) == (5, 2)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("configs", [shortrun, longrun], ids=["shortrun", "longrun"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, configs):
     # The same 4 steps, once straight through and once as 2 + 2 with a
     # resume from the step-2 checkpoint in between: same data batches, same
-    # random draws, so the same weights, moments, banks, latents and counts.
+    # random draws, so the same weights, moments, banks (both of longrun),
+    # latents and counts.
     def config(num_steps):
-        c = shortrun.get_config("smoke")
+        c = configs.get_config("smoke")
         c.train.update(num_steps=num_steps, log_every=2, checkpoint_every=2)
         return c
 
@@ -145,6 +147,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     run.train(config(2), str(tmp_path / "b"))
     resumed = run.train(config(4), str(tmp_path / "b"))
     assert int(resumed.ebm_optimizer.iterations) == 4
+    for bank in resumed.banks.values():
+        assert np.any(bank.counts.numpy() > 0)
     a, b = _state(straight), _state(resumed)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)

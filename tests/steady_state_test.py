@@ -1,0 +1,72 @@
+"""toy2d steady-state measures against closed forms, and `evaluate.py` on a
+toy2d run of each regime."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from configs import longrun, shortrun
+from keras_ebm import evaluation, run
+
+
+def gaussian_grid(mean, sigma, limit=4.6):
+    points = evaluation.grid_points(limit)
+    log_p = -np.sum((points - mean) ** 2, 1) / (2 * sigma**2)
+    return evaluation.grid_probabilities(log_p)
+
+
+def test_grid_tv_and_kl_of_shifted_gaussians_match_closed_forms():
+    # N((0,0), s^2 I) vs N((d,0), s^2 I): TV = 2 Phi(d / 2s) - 1,
+    # KL = d^2 / (2 s^2).
+    s, d = 0.5, 0.6
+    p = gaussian_grid([0.0, 0.0], s)
+    q = gaussian_grid([d, 0.0], s)
+    assert p.sum() == pytest.approx(1.0)
+    assert evaluation.total_variation(p, q) == pytest.approx(
+        2 * stats.norm.cdf(d / (2 * s)) - 1, abs=2e-3
+    )
+    assert evaluation.kl_divergence(p, q) == pytest.approx(d**2 / (2 * s**2), rel=1e-2)
+    assert evaluation.total_variation(p, p) == 0.0
+    assert evaluation.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_histograms_converge_to_the_grid_density():
+    s, limit = 0.5, 4.6
+    p = gaussian_grid([0.0, 0.0], s, limit)
+    coarse = evaluation.coarsen(p)
+    assert coarse.sum() == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    tvs = [
+        evaluation.total_variation(
+            evaluation.histogram_probabilities(rng.normal(0, s, (n, 2)), limit), coarse
+        )
+        for n in (1000, 100000)
+    ]
+    assert tvs[1] < tvs[0] / 3 and tvs[1] < 0.05
+    # Mass outside the grid counts against the histogram.
+    far = evaluation.histogram_probabilities(np.full((10, 2), 9.0), limit)
+    assert far[-1] == 1.0
+    assert evaluation.total_variation(far, coarse) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("configs", [shortrun, longrun], ids=["shortrun", "longrun"])
+def test_evaluate_a_toy2d_run(configs, tmp_path):
+    config = configs.get_config("toy2d")
+    config.train.update(num_steps=4, log_every=2, image_every=4, checkpoint_every=2)
+    config.eval.update(num_samples=300, num_steps=1500)
+    run.train(config, str(tmp_path))
+    results = run.evaluate(config, str(tmp_path))
+    for key in ("tv_grid", "tv_sampler_histogram", "tv_chains_histogram"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["kl_grid"] >= 0.0
+    assert results["tv_true_samples_histogram"] < results["tv_grid"]
+    saved = json.load(open(os.path.join(tmp_path, "eval", "steady_state.json")))
+    assert saved["tv_grid"] == results["tv_grid"]
+    assert os.path.exists(os.path.join(tmp_path, "eval", "steady_state.png"))
+    # The long chains resume from their saved state: nothing left to run.
+    again = run.evaluate(config, str(tmp_path))
+    assert again["tv_chains_histogram"] == results["tv_chains_histogram"]
