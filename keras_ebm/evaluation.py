@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, data, fid
+from keras_ebm import callbacks, data, fid, metrics
 from keras_ebm import export as export_lib
 from keras_ebm.training import ConfigError
 
@@ -45,8 +45,8 @@ def fid_along_chains(config, workdir, model, step):
     )
     data_key = fid.settings_key(data_settings)
     cache = os.path.join(cache_dir, f"{config.data.name}_{net.name}_{data_key}.npz")
-    images = data.take_array(data.images(config), ev.num_samples)
-    stats = fid.data_statistics(images, net, cache)
+    images = data.take_array(data.images(config), 2 * ev.num_samples)
+    stats = fid.data_statistics(images[: ev.num_samples], net, cache)
 
     if model.chain_starts(1, tf.constant([0, 0])) is None:
         raise ConfigError(
@@ -58,20 +58,16 @@ def fid_along_chains(config, workdir, model, step):
         seed = tf.constant([config.seed + 1000, b])
         return model.chain_starts(ev.batch_size, seed, start=b * ev.batch_size)
 
-    first = {}
-
-    def advance(x, num_steps, b, segment):
-        x, _ = model.sample(
+    def advance(x, num_steps, seed):
+        x, stats = model.sample(
             x,
             num_steps,
-            seed=[b, segment],
+            seed=seed,
             step_size=ev.step_size,
             temperature=ev.temperature,
             joint_temperature=ev.joint_temperature,
         )
-        if b == 0:
-            first[segment] = x.numpy()
-        return x
+        return x, float(stats.energy), float(stats.drift_norm)
 
     milestones = sorted(set(ev.milestones) | {ev.num_steps})
     chain_fields = ("step_size", "temperature", "joint_temperature", "batch_size")
@@ -85,7 +81,7 @@ def fid_along_chains(config, workdir, model, step):
     )
     key = fid.settings_key(settings)
     state = os.path.join(out, f"trajectory_step{step}_{key}.npz")
-    results = fid.trajectory_fid(
+    run = fid.trajectory_fid(
         sample_init,
         advance,
         net,
@@ -94,7 +90,12 @@ def fid_along_chains(config, workdir, model, step):
         ev.batch_size,
         milestones,
         state_path=state,
+        chunk=ev.save_every,
     )
+    results = run["fid"]
+    # The floor: held-out real images (the next N of the same source)
+    # against the reference set; no model can do better at this N.
+    floor = real_floor(images[ev.num_samples :], net, stats, cache)
     headline = results[ev.num_steps]
     summary = {
         "checkpoint_step": step,
@@ -104,6 +105,7 @@ def fid_along_chains(config, workdir, model, step):
         "eval_steps": ev.num_steps,
         "fid": headline,
         "fid_along_chain": {str(k): v for k, v in results.items()},
+        "fid_real_floor": floor,
     }
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -114,15 +116,14 @@ def fid_along_chains(config, workdir, model, step):
         results,
         os.path.join(out, "fid_curve.png"),
         f"{config.data.name}, {net.name} FID, step {step}",
+        floor=floor,
     )
-    for segment, m in enumerate(milestones):
-        if segment in first:
-            callbacks.save_png(
-                os.path.join(out, f"samples_{m:06d}.png"),
-                callbacks.image_grid(
-                    first[segment][:64], scale=max(1, 64 // first[segment].shape[1])
-                ),
-            )
+    save_trace(run["trace"], os.path.join(out, "chain_trace"), step)
+    for m, states in run["snapshots"].items():
+        callbacks.save_png(
+            os.path.join(out, f"samples_{m:06d}.png"),
+            callbacks.image_grid(states, scale=max(1, 64 // states.shape[1])),
+        )
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", "eval"))
     with writer.as_default(step=step):
         tf.summary.scalar(f"fid/{net.name}", headline)
@@ -133,7 +134,53 @@ def fid_along_chains(config, workdir, model, step):
     for k, v in sorted(results.items()):
         mark = "  <- eval.num_steps" if k == ev.num_steps else ""
         print(f"{k:>15} | {v:10.3f}{mark}")
+    if floor is not None:
+        print(f"{'real data':>15} | {floor:10.3f}  (held-out images: the floor)")
     return summary
+
+
+def real_floor(held_out, net, stats, cache):
+    """FID of held-out real images against the reference statistics (cached
+    beside them), or None when fewer than 2 images are left."""
+    path = cache[: -len(".npz")] + "_floor.json"
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)["fid"]
+    if len(held_out) < 2:
+        return None
+    value = metrics.fid_from_statistics(
+        *metrics.activation_statistics(net(held_out)), *stats
+    )
+    with open(path, "w") as f:
+        json.dump({"fid": value, "num_images": len(held_out)}, f)
+    return value
+
+
+def save_trace(trace, prefix, step):
+    """Energy and drift norm along the first batch of chains: CSV and PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trace = np.asarray(trace).reshape(-1, 3)
+    np.savetxt(
+        prefix + ".csv",
+        trace,
+        delimiter=",",
+        header="langevin_steps,mean_potential,mean_drift_norm",
+        comments="",
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, col, label in ((axes[0], 1, "mean U(x)"), (axes[1], 2, "drift norm")):
+        ax.plot(np.maximum(trace[:, 0], 1), trace[:, col], ".-")
+        ax.set_xscale("log")
+        ax.set_xlabel("Langevin steps")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"chains of the first batch, checkpoint {step}")
+    fig.savefig(prefix + ".png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def export(config, workdir, model, step, **purify):

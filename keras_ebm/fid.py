@@ -216,73 +216,102 @@ def trajectory_fid(
     milestones,
     state_path=None,
     progress=True,
+    chunk=1000,
+    keep=64,
 ):
     """FID at several step counts along the same Langevin chains.
 
     Each batch of chains starts from `sample_init(batch_index)` and is
-    advanced segment by segment (`advance(x, num_steps, batch_index,
-    segment)`), its features taken at every milestone, so one run gives the
-    whole curve (the paper's Figure 1). With `state_path` the features of
-    finished batches are saved after each batch and a rerun continues.
+    advanced in chunks of at most `chunk` steps that end at every milestone
+    (`advance(x, num_steps, seed) -> (x, energy, drift_norm)`, with
+    `seed = [batch_index, step]`); its features are taken at each milestone,
+    so one run gives the whole curve (the paper's Figure 1) and memory does
+    not grow with the steps. With `state_path` the features of finished
+    batches and the chain states of the running batch are saved after every
+    chunk, so a killed evaluation (even of 1M steps) resumes mid-chain.
 
     Returns:
-        `{milestone: fid}`.
+        `{"fid": {milestone: fid}, "trace": [N, 3] (step, mean energy, mean
+        drift norm) along the first batch, "snapshots": {milestone: the
+        first `keep` states of the first batch}}`.
     """
     milestones = sorted(set(int(m) for m in milestones))
     num_batches = -(-num_samples // batch_size)
-    feats = {m: [] for m in milestones}
-    done = 0
+    last = milestones[-1]
+    st = {"done": 0, "trace": np.zeros((0, 3))}
+    st.update({f"m{m}": None for m in milestones})
     if state_path and os.path.exists(state_path):
         with np.load(state_path) as f:
-            if (
-                list(f["milestones"]) == milestones
-                and int(f["batch_size"]) == batch_size
+            if list(f["milestones"]) == milestones and int(f["batch_size"]) == (
+                batch_size
             ):
-                done = int(f["done"])
-                feats = {m: [f[f"m{m}"]] for m in milestones}
+                st = {k: f[k] for k in f.files if k not in ("milestones", "batch_size")}
+
+    def save():
+        if state_path:
+            tmp = state_path + ".tmp.npz"
+            arrays = {k: v for k, v in st.items() if v is not None}
+            np.savez(tmp, milestones=milestones, batch_size=batch_size, **arrays)
+            os.replace(tmp, state_path)
+
+    def add(key, value):
+        st[key] = value if st.get(key) is None else np.concatenate([st[key], value])
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_batches, initial=done, unit="batch", desc="chains")
-    for b in range(done, num_batches):
-        x = sample_init(b)
-        step = 0
-        for i, m in enumerate(milestones):
-            if m > step:
-                x = advance(x, m - step, b, i)
-                step = m
-            feats[m].append(net(x))
-        done = b + 1
-        if state_path:
-            tmp = state_path + ".tmp.npz"
-            np.savez(
-                tmp,
-                milestones=milestones,
-                batch_size=batch_size,
-                done=done,
-                **{f"m{m}": np.concatenate(feats[m]) for m in milestones},
-            )
-            os.replace(tmp, state_path)
-        if bar:
-            bar.update(1)
+        done_steps = int(st["done"]) * last + int(st.get("partial_step", 0))
+        bar = tqdm(
+            total=num_batches * last, initial=done_steps, unit="step", desc="chains"
+        )
+    for b in range(int(st["done"]), num_batches):
+        if "partial_x" in st:  # resume mid-chain
+            x, step = st["partial_x"], int(st["partial_step"])
+        else:
+            x, step = np.asarray(sample_init(b)), 0
+            st["partial_x"], st["partial_step"] = x, 0
+        while True:
+            for m in milestones:
+                if m == step and st.get(f"p{m}") is None:
+                    st[f"p{m}"] = net(x)
+                    if b == 0:
+                        st[f"s{m}"] = np.asarray(x)[:keep]
+            if step >= last:
+                break
+            k = min(chunk, min(m for m in milestones if m > step) - step)
+            x, energy, drift = advance(x, k, [b, step])
+            x, step = np.asarray(x), step + k
+            if b == 0:
+                st["trace"] = np.concatenate([st["trace"], [[step, energy, drift]]])
+            st["partial_x"], st["partial_step"] = x, step
+            save()
+            if bar:
+                bar.update(k)
+        for m in milestones:
+            add(f"m{m}", st.pop(f"p{m}"))
+        del st["partial_x"], st["partial_step"]
+        st["done"] = b + 1
+        save()
     if bar:
         bar.close()
     mu, sigma = data_stats
     results = {}
     for m in milestones:
-        act = np.concatenate(feats[m])[:num_samples]
+        act = st[f"m{m}"][:num_samples]
         if not np.isfinite(act).all():  # diverged chains: no meaningful FID
             results[m] = float("nan")
             continue
         results[m] = metrics.fid_from_statistics(
             *metrics.activation_statistics(act), mu, sigma
         )
-    return results
+    snapshots = {m: st[f"s{m}"] for m in milestones if f"s{m}" in st}
+    return {"fid": results, "trace": st["trace"], "snapshots": snapshots}
 
 
-def save_curve(results, path_png, title):
-    """FID against Langevin steps, log x axis (step 0 drawn at 1)."""
+def save_curve(results, path_png, title, floor=None):
+    """FID against Langevin steps, log x axis (step 0 drawn at 1), with the
+    real-data floor as a dashed line when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,6 +324,9 @@ def save_curve(results, path_png, title):
     finite = [results[s] for s in steps if np.isfinite(results[s]) and results[s] > 0]
     if finite and max(finite) / min(finite) > 10:
         ax.set_yscale("log")  # oversaturated chains would flatten the rest
+    if floor is not None:
+        ax.axhline(floor, ls="--", color="gray", label="held-out real data")
+        ax.legend()
     ax.set_xlabel("Langevin steps (0 shown at 1)")
     ax.set_ylabel("FID")
     ax.set_title(title)

@@ -60,8 +60,12 @@ def test_inception_graph_errors(tmp_path):
         fid.load_inception_graph(str(wrong))
 
 
+class Killed(Exception):
+    pass
+
+
 @pytest.mark.slow
-def test_trajectory_fid_approaches_the_target_and_resumes(tmp_path):
+def test_trajectory_fid_approaches_the_target_and_resumes_mid_chain(tmp_path):
     rng = np.random.default_rng(0)
     target = rng.normal(size=(4000, 2))
     stats = metrics.activation_statistics(target)
@@ -71,36 +75,54 @@ def test_trajectory_fid_approaches_the_target_and_resumes(tmp_path):
     def init(b):
         return tf.random.stateless_normal((500, 2), [b, 0]) + 3.0
 
-    def advance(x, n, b, segment):
+    def advance(x, n, seed, kill_at=None):
+        if kill_at is not None and len(calls) == kill_at:
+            raise Killed
         calls.append(n)
-        return langevin(
-            u, x, num_steps=n, step_size=0.3, seed=tf.constant([b, segment])
-        )[0]
+        x, st = langevin(u, x, num_steps=n, step_size=0.3, seed=tf.constant(seed))
+        return x, float(st.energy), float(st.drift_norm)
 
     identity = fid.Backbone("identity", lambda x: x)
 
-    def curve_of_chains():
+    def curve_of_chains(path, kill_at=None):
         return fid.trajectory_fid(
             init,
-            advance,
+            lambda x, n, seed: advance(x, n, seed, kill_at),
             identity,
             stats,
             2000,
             500,
             (0, 10, 200),
-            state_path=str(tmp_path / "state.npz"),
+            state_path=str(tmp_path / path),
             progress=False,
+            chunk=50,
         )
 
-    curve = curve_of_chains()
+    run = curve_of_chains("straight.npz")
+    curve = run["fid"]
     assert curve[0] == pytest.approx(18.0, rel=0.1)  # ||(3, 3)||^2
     assert curve[0] > curve[10] > curve[200]
     assert curve[200] < 0.05
-    # Rerunning with the saved state does no Langevin work and agrees.
+    # Chunks end at milestones and are at most 50 steps long.
+    assert calls[:5] == [10, 50, 50, 50, 40]
+    assert run["trace"][:, 0].tolist() == [10, 60, 110, 160, 200]
+    assert set(run["snapshots"]) == {0, 10, 200}
+    # Killed in the middle of the second batch's chains, then rerun: the
+    # rerun continues from the saved chain states, and the curve is the
+    # uninterrupted one.
     calls.clear()
-    again = curve_of_chains()
+    with pytest.raises(Killed):
+        curve_of_chains("killed.npz", kill_at=7)
+    assert len(calls) == 7
+    calls.clear()
+    resumed = curve_of_chains("killed.npz")
+    assert sum(calls) == 4 * 200 - 200 - (10 + 50)
+    assert resumed["fid"] == pytest.approx(curve)
+    # Rerunning a finished evaluation does no Langevin work and agrees.
+    calls.clear()
+    again = curve_of_chains("straight.npz")
     assert calls == []
-    assert again == pytest.approx(curve)
+    assert again["fid"] == pytest.approx(curve)
 
 
 @pytest.mark.slow
@@ -119,11 +141,14 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     summary = run.evaluate(config, workdir)
     assert set(summary["fid_along_chain"]) == {"0", "3"}
     assert np.isfinite(summary["fid"])
+    assert np.isfinite(summary["fid_real_floor"])
     for name in (
         "results.json",
         "fid_curve.csv",
         "fid_curve.png",
         "samples_000003.png",
+        "chain_trace.csv",
+        "chain_trace.png",
     ):
         assert os.path.exists(os.path.join(workdir, "eval", name)), name
     assert os.listdir(os.path.join(workdir, "fid_cache"))
@@ -148,7 +173,7 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     clf.set_weights([w * 1.5 for w in clf.get_weights()])
     clf.save_weights(os.path.join(clf_dir, classify.WEIGHTS))
     changed = run.evaluate(config, workdir)
-    assert len(os.listdir(os.path.join(workdir, "fid_cache"))) == 2
+    assert len(glob.glob(os.path.join(workdir, "fid_cache", "*.npz"))) == 2
     assert changed["fid_along_chain"]["0"] != other["fid_along_chain"]["0"]
 
 
