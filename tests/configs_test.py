@@ -79,8 +79,10 @@ class ConfigsTest(parameterized.TestCase):
         self.assertEqual(argv, ["train.py", "--config=x.py:y"])
         argv = cli.resolve_argv(["train.py", "--regime=classifier"])
         self.assertIn(f"--config={REPO}/configs/classifier.py:digits", argv)
-        with self.assertRaisesRegex(app.UsageError, "later|known"):
-            cli.resolve_argv(["train.py", "--regime=longrun"])
+        argv = cli.resolve_argv(["train.py", "--regime=longrun", "--dataset=celeb_a"])
+        self.assertIn(f"--config={REPO}/configs/longrun.py:celeb_a", argv)
+        with self.assertRaisesRegex(app.UsageError, "midrun.*issue"):
+            cli.resolve_argv(["train.py", "--regime=midrun"])
         with self.assertRaisesRegex(app.UsageError, "unknown --regime"):
             cli.resolve_argv(["train.py", "--regime=nope"])
 
@@ -104,7 +106,7 @@ def _train(tmp_path, *flags):
         ("--config.bank.size=2", "config.bank.size"),
         ("--config.langevin.numsteps=3", "numsteps"),
         ("--config.langevin.num_steps=4.5", "num_steps"),
-        ("--regime=longrun", "longrun"),
+        ("--regime=midrun", "midrun"),
     ],
 )
 def test_bad_flags_stop_before_writing(tmp_path, flag, message):
@@ -112,3 +114,62 @@ def test_bad_flags_stop_before_writing(tmp_path, flag, message):
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "out").exists()
+
+
+LONGRUN_PRESETS = ["digits", "smoke", "toy2d", "cifar10", "cifar10_data", "celeb_a"]
+
+
+@pytest.mark.parametrize("dataset", LONGRUN_PRESETS + ["imagenet2012"])
+def test_longrun_and_prior_presets_have_valid_fields(dataset):
+    from configs import longrun, prior
+
+    c = longrun.get_config(dataset)
+    if dataset == "imagenet2012":  # the BigGAN generator is not built yet
+        with pytest.raises(run.ConfigError, match="BigGAN.*gen_sngan64"):
+            run.training.check_config(c)
+        return
+    run.training.check_config(c)
+    if dataset != "cifar10_data":
+        run.training.check_config(prior.get_config(dataset))
+
+
+def test_longrun_reference_values():
+    from configs import longrun, prior
+
+    c = longrun.get_config("celeb_a")
+    assert (c.langevin.num_steps, c.langevin.step_size, c.langevin.tau) == (
+        100,
+        1e-2,
+        0.15,
+    )
+    assert (c.burnin.size, c.burnin.steps, c.burnin.length) == (1000, 100, 750)
+    assert (c.langevin.temperature, c.prior.temperature) == (1e-4, 1e-4)
+    assert (c.bank.size, c.data.noise_std, c.train.num_steps) == (15000, 2e-2, 250000)
+    assert tuple(c.optim.ebm_lr.steps) == (0, 50000, 75000, 100000, 125000)
+    assert tuple(c.optim.ebm_lr.rates) == (2.5e-5, 1e-5, 1e-6, 1e-7, 1e-8)
+    assert (c.eval.num_samples, c.eval.joint_temperature) == (5088, 1.01)
+    assert c.prior.workdir == "runs/prior/celeb_a"
+    c = longrun.get_config("cifar10")
+    assert (c.bank.size, c.eval.joint_temperature) == (10000, 1.005)
+    c = longrun.get_config("cifar10_data")
+    assert (c.init.source, c.model.generator) == ("data", "")
+    c = longrun.get_config("imagenet2012")
+    assert (c.data.image_size, c.langevin.temperature, c.data.noise_std) == (
+        64,
+        1e-5,
+        1.5e-2,
+    )
+    assert c.optim.ebm_lr.rates[0] == 1e-4
+    p = prior.get_config("cifar10")
+    assert (p.langevin.num_steps, p.bank.rejuvenation_prob, p.bank.max_updates) == (
+        50,
+        0.2,
+        0,
+    )
+    assert (p.langevin.tau, p.train.num_steps, p.optim.ebm_lr.rates) == (
+        0.15,
+        150000,
+        (1e-4,),
+    )
+    assert prior.get_config("celeb_a").langevin.num_steps == 100
+    assert prior.get_config("imagenet2012").langevin.temperature == 1e-5
