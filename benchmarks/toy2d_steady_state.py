@@ -60,7 +60,7 @@ def main(_):
     with open(os.path.join(FLAGS.root, "toy2d_steady_state.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(FLAGS.root, "toy2d_steady_state.json"), "w") as f:
-        json.dump([dict(zip(("density", "regime"), r[:2]), **r[4]) for r in rows], f)
+        json.dump([dict(density=r[0], regime=r[1], **r[4]) for r in rows], f)
 
 
 if __name__ == "__main__":
