@@ -1,9 +1,12 @@
-"""Evaluates a trained run: FID along the chains, sample grids.
+"""Evaluates a trained run: FID along the chains (toy2d: the exact steady
+state against the truth), sample grids, energy and drift traces.
 
     python evaluate.py                                  # the digits demo run
     python evaluate.py --regime=shortrun --dataset=cifar10 \
         --config.eval.inception_graph=/path/classify_image_graph_def.pb
     python evaluate.py --workdir=runs/mine --config.eval.milestones='(0,100,1000)'
+    python evaluate.py --regime=longrun --dataset=celeb_a    # FID along 100K steps
+    python evaluate.py --workdir=runs/shortrun/toy2d         # steady state vs truth
     python evaluate.py --export       # SavedModel with energy/sample/purify/generate
 
 Takes the same flags as train.py; the workdir's newest checkpoint is used.

@@ -2,6 +2,8 @@
 
     python train.py                                      # shortrun on digits
     python train.py --regime=shortrun --dataset=cifar10  # the paper's setup
+    python train.py --regime=prior --dataset=celeb_a     # longrun's prior EBM
+    python train.py --regime=longrun --dataset=celeb_a   # density modeling
     python train.py --config.langevin.num_steps=60       # any field
     python train.py --workdir=runs/mine                  # output folder
 
@@ -26,7 +28,7 @@ def main(argv):
     config, workdir = cli.resolved()
     try:
         run.train(config, workdir)
-    except (run.ConfigError, run.data.DatasetNotFoundError) as e:
+    except (run.ConfigError, run.data.DatasetNotFoundError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     grids = sorted(glob.glob(os.path.join(workdir, "samples", "negatives_*.png")))
     print(f"Done. Outputs in {workdir} (tensorboard --logdir {workdir})")

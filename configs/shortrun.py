@@ -99,7 +99,11 @@ def get_config(arg="digits"):
         # Steady state: exact on the grid; histograms of 5000 chains run
         # 100K steps from data at the training step size and temperature.
         c.eval.update(
-            num_samples=5000, num_steps=100000, step_size=0.05, temperature=1.0
+            num_samples=5000,
+            num_steps=100000,
+            step_size=0.05,
+            temperature=1.0,
+            mala=True,
         )
     elif arg == "cifar10":
         _reference(

@@ -277,9 +277,8 @@ def toy2d_steady_state(config, workdir, model, step):
 
     sampler = callbacks.snapshot(model, n)
     sampler = sampler.get("bank", sampler.get("negatives"))[:n]
-    chains = long_chains(
-        config, workdir, model, data.toy2d_sample(name, n, seed=config.seed + 7)
-    )
+    starts = data.toy2d_sample(name, n, seed=config.seed + 7)
+    chains, _ = long_chains(config, workdir, model, starts)
     true_points = data.toy2d_sample(name, n, seed=config.seed + 8)
     coarse_truth = coarsen(truth)
     results = {
@@ -297,11 +296,27 @@ def toy2d_steady_state(config, workdir, model, step):
         "tv_true_samples_histogram": total_variation(
             histogram_probabilities(true_points, limit), coarse_truth
         ),
+        # The grid density itself, histogrammed: what exact chains approach.
+        "tv_model_to_truth_histogram_scale": total_variation(
+            coarsen(model_p), coarse_truth
+        ),
         "num_samples": n,
+        "sampler": "ula",
         "chain_steps": ev.num_steps,
         "step_size": ev.step_size,
         "temperature": ev.temperature,
     }
+    panels_extra = []
+    if ev.mala:
+        mala, acceptance = long_chains(config, workdir, model, starts, sampler="mala")
+        results["tv_mala_chains_histogram"] = total_variation(
+            histogram_probabilities(mala, limit), coarse_truth
+        )
+        results["mala_acceptance"] = acceptance
+        label = (
+            f"MALA {ev.num_steps} steps, TV {results['tv_mala_chains_histogram']:.3f}"
+        )
+        panels_extra.append((label, None, mala))
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "steady_state.json"), "w") as f:
@@ -318,22 +333,33 @@ def toy2d_steady_state(config, workdir, model, step):
                 sampler,
             ),
             (
-                f"{ev.num_steps} steps from data, "
+                f"ULA {ev.num_steps} steps from data, "
                 f"TV {results['tv_chains_histogram']:.3f}",
                 None,
                 chains,
             ),
-        ],
+        ]
+        + panels_extra,
         f"{config.regime} on {name}, step {step}",
     )
     print(json.dumps(results, indent=2))
     return results
 
 
-def long_chains(config, workdir, model, x, segment=1000):
-    """`eval.num_steps` Langevin steps from `x` at the evaluation settings,
-    in segments; the states are saved after each segment, so a killed
-    evaluation resumes mid-chain. Memory does not grow with the steps."""
+def long_chains(config, workdir, model, x, segment=1000, sampler="ula"):
+    """`eval.num_steps` steps from `x` at the evaluation settings, in
+    segments; the states are saved after each segment, so a killed
+    evaluation resumes mid-chain. Memory does not grow with the steps.
+
+    `sampler`: `ula`, the library's Langevin (what training uses), or
+    `mala`, tensorflow-probability's Metropolis-adjusted Langevin with the
+    same proposal (TFP's step size h = eps^2: `x + (h/2) grad log p +
+    sqrt(h) n`), whose chains target `exp(-U)` exactly; the gap between the
+    two is the discretization bias.
+
+    Returns:
+        `(states, acceptance)`; acceptance is 1 for ULA.
+    """
     from tqdm.auto import tqdm
 
     ev = config.eval
@@ -342,29 +368,66 @@ def long_chains(config, workdir, model, x, segment=1000):
         num_steps=ev.num_steps,
         num_samples=len(x),
         seed=config.seed,
+        sampler=sampler,
     )
     path = os.path.join(workdir, "eval", f"chains_{fid.settings_key(settings)}.npz")
-    done = 0
+    done, accepted = 0, 0.0
     if os.path.exists(path):
         with np.load(path) as f:
-            x, done = f["x"], int(f["done"])
+            x, done, accepted = f["x"], int(f["done"]), float(f["accepted"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tqdm(total=ev.num_steps, initial=done, unit="step", desc="chains") as bar:
+    step = _mala_steps(model, ev) if sampler == "mala" else None
+    with tqdm(total=ev.num_steps, initial=done, unit="step", desc=sampler) as bar:
         while done < ev.num_steps:
             k = min(segment, ev.num_steps - done)
-            x, _ = model.sample(
-                x,
-                k,
-                seed=[config.seed + 2000, done],
-                step_size=ev.step_size,
-                temperature=ev.temperature,
-                joint_temperature=ev.joint_temperature,
-            )
+            seed = tf.constant([config.seed + 2000, done])
+            if step is None:
+                x, _ = model.sample(
+                    x,
+                    k,
+                    seed=seed,
+                    step_size=ev.step_size,
+                    temperature=ev.temperature,
+                    joint_temperature=ev.joint_temperature,
+                )
+                rate = 1.0
+            else:
+                x, rate = step(tf.constant(x), tf.constant(k), seed)
             x, done = x.numpy(), done + k
-            np.savez(path + ".tmp.npz", x=x, done=done)
+            accepted += float(rate) * k
+            np.savez(path + ".tmp.npz", x=x, done=done, accepted=accepted)
             os.replace(path + ".tmp.npz", path)
             bar.update(k)
-    return np.asarray(x)
+    return np.asarray(x), accepted / max(done, 1)
+
+
+def _mala_steps(model, ev):
+    """A compiled `(x, k, seed) -> (x_k, acceptance rate)` of TFP's MALA on
+    `exp(-U)` at the evaluation temperature."""
+    import tensorflow_probability as tfp
+
+    u = model.potential_at(ev.temperature, ev.joint_temperature)
+    kernel = tfp.mcmc.MetropolisAdjustedLangevinAlgorithm(
+        target_log_prob_fn=lambda x: -u(x), step_size=ev.step_size**2
+    )
+
+    @tf.function
+    def run(x, k, seed):
+        def body(i, x, results, accepted):
+            x, results = kernel.one_step(
+                x, results, seed=tf.random.experimental.stateless_fold_in(seed, i)
+            )
+            rate = tf.reduce_mean(tf.cast(results.is_accepted, tf.float32))
+            return i + 1, x, results, accepted + rate
+
+        _, x, _, accepted = tf.while_loop(
+            lambda i, *_: i < k,
+            body,
+            (0, x, kernel.bootstrap_results(x), 0.0),
+        )
+        return x, accepted / tf.cast(k, tf.float32)
+
+    return run
 
 
 def _steady_state_figure(path, limit, panels, title):

@@ -33,3 +33,14 @@ class LinearGenerator(keras.Model):
 
     def call(self, z, training=False):
         return ops.matmul(z, self.a)
+
+
+class HalfSquare(keras.Model):
+    """`E(x) = ||x||^2 / 2`: at T = 1 the law is N(0, I)."""
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = (dim,)
+
+    def call(self, x, training=False):
+        return 0.5 * ops.sum(ops.square(x), axis=1, keepdims=True)

@@ -70,3 +70,25 @@ def test_evaluate_a_toy2d_run(configs, tmp_path):
     # The long chains resume from their saved state: nothing left to run.
     again = run.evaluate(config, str(tmp_path))
     assert again["tv_chains_histogram"] == results["tv_chains_histogram"]
+
+
+def test_mala_removes_the_discretization_bias_of_ula(tmp_path):
+    # U = ||x||^2 / 2 at a large step (eps = 1): ULA's stationary variance is
+    # 1 / (1 - eps^2 / 4) = 4/3; MALA's Metropolis step makes it exactly 1.
+    import keras
+
+    from keras_ebm.models import EnergyModel
+    from tests.linear_nets import HalfSquare
+
+    model = EnergyModel(HalfSquare(2), num_steps=1, step_size=1.0)
+    model.compile(keras.optimizers.SGD(0.1))
+    config = longrun.get_config("toy2d")
+    config.eval.update(num_steps=300, step_size=1.0, temperature=1.0)
+    x0 = np.zeros((4000, 2), "float32")
+    ula, rate = evaluation.long_chains(config, str(tmp_path), model, x0, 100)
+    mala, acceptance = evaluation.long_chains(
+        config, str(tmp_path), model, x0, 100, sampler="mala"
+    )
+    assert rate == 1.0 and 0.5 < acceptance < 1.0
+    np.testing.assert_allclose(ula.var(0), [4 / 3] * 2, rtol=0.06)
+    np.testing.assert_allclose(mala.var(0), [1.0] * 2, rtol=0.06)
