@@ -92,3 +92,23 @@ def test_mala_removes_the_discretization_bias_of_ula(tmp_path):
     assert rate == 1.0 and 0.5 < acceptance < 1.0
     np.testing.assert_allclose(ula.var(0), [4 / 3] * 2, rtol=0.06)
     np.testing.assert_allclose(mala.var(0), [1.0] * 2, rtol=0.06)
+
+
+def test_mala_takes_the_ula_proposal(tmp_path):
+    # On a flat energy every MALA proposal is accepted and moves by eps n,
+    # as ULA: after k steps the variance is k eps^2.
+    import keras
+
+    from keras_ebm.models import EnergyModel
+    from tests.linear_nets import LinearEnergy
+
+    model = EnergyModel(LinearEnergy(2), num_steps=1, step_size=0.5)
+    model.compile(keras.optimizers.SGD(0.1))
+    config = longrun.get_config("toy2d")
+    config.eval.update(num_steps=10, step_size=0.5, temperature=1.0)
+    x0 = np.zeros((4000, 2), "float32")
+    mala, acceptance = evaluation.long_chains(
+        config, str(tmp_path), model, x0, sampler="mala"
+    )
+    assert acceptance == 1.0
+    np.testing.assert_allclose(mala.var(0), [10 * 0.25] * 2, rtol=0.08)
