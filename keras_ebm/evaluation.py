@@ -81,6 +81,15 @@ def fid_along_chains(config, workdir, model, step):
     )
     key = fid.settings_key(settings)
     state = os.path.join(out, f"trajectory_step{step}_{key}.npz")
+    partial = {}
+
+    def on_milestone(steps, value):
+        # Long evaluations report each milestone as the chains reach it.
+        partial[str(steps)] = value
+        with open(os.path.join(out, "fid_partial.json"), "w") as f:
+            json.dump({"settings": settings, "fid_along_chain": partial}, f, indent=2)
+        print(f"FID ({net.name}) after {steps} Langevin steps: {value:.3f}")
+
     run = fid.trajectory_fid(
         sample_init,
         advance,
@@ -91,6 +100,7 @@ def fid_along_chains(config, workdir, model, step):
         milestones,
         state_path=state,
         chunk=ev.save_every,
+        on_milestone=on_milestone,
     )
     results = run["fid"]
     # The floor: held-out real images (the next N of the same source)

@@ -218,94 +218,95 @@ def trajectory_fid(
     progress=True,
     chunk=1000,
     keep=64,
+    on_milestone=None,
 ):
     """FID at several step counts along the same Langevin chains.
 
-    Each batch of chains starts from `sample_init(batch_index)` and is
-    advanced in chunks of at most `chunk` steps that end at every milestone
-    (`advance(x, num_steps, seed) -> (x, energy, drift_norm)`, with
-    `seed = [batch_index, step]`); its features are taken at each milestone,
-    so one run gives the whole curve (the paper's Figure 1) and memory does
-    not grow with the steps. With `state_path` the features of finished
-    batches and the chain states of the running batch are saved after every
-    chunk, so a killed evaluation (even of 1M steps) resumes mid-chain.
+    The chains are `ceil(num_samples / batch_size)` batches, batch b starting
+    from `sample_init(b)`. All batches advance together in chunks of at most
+    `chunk` steps that end at every milestone (`advance(x, num_steps, seed)
+    -> (x, energy, drift_norm)`, with `seed = [b, step]`), so one run gives
+    the whole curve (the paper's Figure 1), each milestone's FID is known as
+    soon as the chains reach it (`on_milestone(steps, fid)`), and memory
+    holds only the chain states and features. With `state_path` the chain
+    states and features are saved after every chunk, so a killed evaluation
+    (even of 1M steps) resumes mid-chain.
 
     Returns:
-        `{"fid": {milestone: fid}, "trace": [N, 3] (step, mean energy, mean
-        drift norm) along the first batch, "snapshots": {milestone: the
-        first `keep` states of the first batch}}`.
+        `{"fid": {milestone: fid}, "trace": [N, 3] (step, mean potential,
+        mean drift norm) of the first batch, "snapshots": {milestone: its
+        first `keep` states}}`.
     """
     milestones = sorted(set(int(m) for m in milestones))
     num_batches = -(-num_samples // batch_size)
     last = milestones[-1]
-    st = {"done": 0, "trace": np.zeros((0, 3))}
-    st.update({f"m{m}": None for m in milestones})
+    st = None
     if state_path and os.path.exists(state_path):
         with np.load(state_path) as f:
             if list(f["milestones"]) == milestones and int(f["batch_size"]) == (
                 batch_size
             ):
                 st = {k: f[k] for k in f.files if k not in ("milestones", "batch_size")}
+    if st is None:
+        st = {"step": 0, "trace": np.zeros((0, 3))}
+        st["x"] = np.stack([np.asarray(sample_init(b)) for b in range(num_batches)])
 
     def save():
         if state_path:
             tmp = state_path + ".tmp.npz"
-            arrays = {k: v for k, v in st.items() if v is not None}
-            np.savez(tmp, milestones=milestones, batch_size=batch_size, **arrays)
+            np.savez(tmp, milestones=milestones, batch_size=batch_size, **st)
             os.replace(tmp, state_path)
 
-    def add(key, value):
-        st[key] = value if st.get(key) is None else np.concatenate([st[key], value])
+    mu, sigma = data_stats
+    results = {}
 
+    def score(m):
+        act = st[f"f{m}"][:num_samples]
+        if not np.isfinite(act).all():  # diverged chains: no meaningful FID
+            return float("nan")
+        return metrics.fid_from_statistics(
+            *metrics.activation_statistics(act), mu, sigma
+        )
+
+    step = int(st["step"])
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        done_steps = int(st["done"]) * last + int(st.get("partial_step", 0))
         bar = tqdm(
-            total=num_batches * last, initial=done_steps, unit="step", desc="chains"
+            total=num_batches * last,
+            initial=num_batches * step,
+            unit="step",
+            desc=f"{num_batches} x {batch_size} chains",
         )
-    for b in range(int(st["done"]), num_batches):
-        if "partial_x" in st:  # resume mid-chain
-            x, step = st["partial_x"], int(st["partial_step"])
-        else:
-            x, step = np.asarray(sample_init(b)), 0
-            st["partial_x"], st["partial_step"] = x, 0
-        while True:
-            for m in milestones:
-                if m == step and st.get(f"p{m}") is None:
-                    st[f"p{m}"] = net(x)
-                    if b == 0:
-                        st[f"s{m}"] = np.asarray(x)[:keep]
-            if step >= last:
-                break
-            k = min(chunk, min(m for m in milestones if m > step) - step)
+    while True:
+        if step in milestones:
+            if f"f{step}" not in st:
+                st[f"f{step}"] = np.concatenate([net(x) for x in st["x"]])
+                st[f"s{step}"] = st["x"][0][:keep]
+                save()
+            results[step] = score(step)
+            if on_milestone:
+                on_milestone(step, results[step])
+        if step >= last:
+            break
+        k = min(chunk, min(m for m in milestones if m > step) - step)
+        xs = []
+        for b, x in enumerate(st["x"]):
             x, energy, drift = advance(x, k, [b, step])
-            x, step = np.asarray(x), step + k
+            xs.append(np.asarray(x))
             if b == 0:
-                st["trace"] = np.concatenate([st["trace"], [[step, energy, drift]]])
-            st["partial_x"], st["partial_step"] = x, step
-            save()
+                st["trace"] = np.concatenate([st["trace"], [[step + k, energy, drift]]])
             if bar:
                 bar.update(k)
-        for m in milestones:
-            add(f"m{m}", st.pop(f"p{m}"))
-        del st["partial_x"], st["partial_step"]
-        st["done"] = b + 1
+        step += k
+        st["x"], st["step"] = np.stack(xs), step
         save()
     if bar:
         bar.close()
-    mu, sigma = data_stats
-    results = {}
-    for m in milestones:
-        act = st[f"m{m}"][:num_samples]
-        if not np.isfinite(act).all():  # diverged chains: no meaningful FID
-            results[m] = float("nan")
-            continue
-        results[m] = metrics.fid_from_statistics(
-            *metrics.activation_statistics(act), mu, sigma
-        )
-    snapshots = {m: st[f"s{m}"] for m in milestones if f"s{m}" in st}
+    for m in milestones:  # reached before a resume: not scored in this run
+        results.setdefault(m, score(m))
+    snapshots = {m: st[f"s{m}"] for m in milestones}
     return {"fid": results, "trace": st["trace"], "snapshots": snapshots}
 
 
