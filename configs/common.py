@@ -135,3 +135,45 @@ def get_base_config():
         )
     )
     return c
+
+
+def smoke(c):
+    """CI-sized: digits at 8x8, networks of width 8, 4 steps of batch 8."""
+    c.data.update(name="digits", image_size=8)
+    c.model.ebm_kwargs.width = 8
+    c.model.generator_kwargs.width = 8
+    c.model.latent_dim = 8
+    c.langevin.num_steps = 3
+    c.bank.size = 32
+    c.train.update(
+        num_steps=4, batch_size=8, log_every=2, image_every=2, checkpoint_every=2
+    )
+    c.eval.update(num_samples=16, batch_size=8, num_steps=3, milestones=(0, 3))
+
+
+def toy2d(c):
+    """The 2-D toy densities: ToyNet energy, 2-D MLP generator, eps 0.05,
+    T 1, K 20, Adam 1e-3, 10K steps of batch 100 (a few minutes on a CPU).
+
+    Evaluation measures the steady state: exact on the grid, and histograms
+    of 5000 chains run 100K steps from data (ULA and MALA) at the training
+    step size and temperature.
+    """
+    c.data.update(image_size=2, channels=1, noise_std=0.0)
+    c.model.update(ebm="ebm_toy", generator="gen_toy", latent_dim=2)
+    c.model.ebm_kwargs = Config()
+    c.model.generator_kwargs = Config()
+    c.langevin.update(num_steps=20, step_size=0.05, temperature=1.0)
+    c.generator.batch_stats_in_training = False
+    c.optim.ebm_lr = schedule((0, 1e-3))
+    c.optim.gen_lr = schedule((0, 1e-3))
+    c.train.update(
+        num_steps=10000,
+        batch_size=100,
+        log_every=500,
+        image_every=2500,
+        checkpoint_every=500,
+    )
+    c.eval.update(
+        num_samples=5000, num_steps=100000, step_size=0.05, temperature=1.0, mala=True
+    )

@@ -84,43 +84,17 @@ def get_config(arg="digits"):
         c.eval.num_samples = 256
         c.eval.batch_size = 128
     elif arg == "toy2d":
-        c.data.update(image_size=2, channels=1, noise_std=0.0)
-        c.model.update(ebm="ebm_toy", generator="", latent_dim=2)
-        c.model.ebm_kwargs = common.Config()
+        common.toy2d(c)
+        c.model.generator = ""
         c.init.source = "noise"
-        c.langevin.update(num_steps=20, step_size=0.05, temperature=1.0)
         c.prior.temperature = 1.0
         c.burnin.update(size=500, steps=20, length=50)
         c.bank.size = 1000
-        c.optim.ebm_lr = common.schedule((0, 1e-3))
-        c.train.update(
-            num_steps=10000,
-            batch_size=100,
-            log_every=500,
-            image_every=2500,
-            checkpoint_every=500,
-        )
-        # Steady state: exact on the grid; histograms of 5000 chains run
-        # 100K steps from data at the training step size and temperature.
-        c.eval.update(
-            num_samples=5000,
-            num_steps=100000,
-            step_size=0.05,
-            temperature=1.0,
-            mala=True,
-        )
     elif arg == "smoke":
-        c.data.update(name="digits", image_size=8)
-        c.model.update(generator="", latent_dim=8)
-        c.model.ebm_kwargs.width = 8
+        common.smoke(c)
+        c.model.generator = ""
         c.init.source = "noise"
-        c.langevin.num_steps = 3
         c.burnin.update(size=16, steps=2, length=2)
-        c.bank.size = 32
-        c.train.update(
-            num_steps=4, batch_size=8, log_every=2, image_every=2, checkpoint_every=2
-        )
-        c.eval.update(num_samples=16, batch_size=8, num_steps=3, milestones=(0, 3))
     elif arg in ("cifar10", "cifar10_data"):
         _paper(
             c,

@@ -47,34 +47,17 @@ def get_config(arg="digits"):
         c.langevin.tau = 0.0  # digits fill [-1, 1]: no Gaussian pull at this scale
         c.train.num_steps = 1200
     elif arg == "toy2d":
-        c.data.update(image_size=2, channels=1, noise_std=0.0)
-        c.model.update(ebm="ebm_toy", generator="", latent_dim=2)
-        c.model.ebm_kwargs = common.Config()
+        common.toy2d(c)
+        c.model.generator = ""
         c.init.source = "data"
         c.generator.weights = ""
-        c.langevin.update(num_steps=20, step_size=0.05, temperature=1.0, tau=0.0)
-        c.optim.ebm_lr = common.schedule((0, 1e-3))
+        c.langevin.tau = 0.0
         c.bank.size = 1000
-        c.train.update(
-            num_steps=5000,
-            batch_size=100,
-            log_every=500,
-            image_every=2500,
-            checkpoint_every=500,
-        )
+        c.train.num_steps = 5000
     elif arg == "smoke":
-        c.data.update(name="digits", image_size=8)
-        c.model.ebm_kwargs.width = 8
-        c.model.generator_kwargs.width = 8
-        c.model.latent_dim = 8
+        common.smoke(c)
         c.init.source = "noise"
         c.generator.weights = ""
-        c.langevin.num_steps = 3
-        c.bank.size = 32
-        c.train.update(
-            num_steps=4, batch_size=8, log_every=2, image_every=2, checkpoint_every=2
-        )
-        c.eval.update(num_samples=16, batch_size=8, num_steps=3, milestones=(0, 3))
     elif arg == "cifar10":
         _paper(
             c,

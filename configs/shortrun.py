@@ -69,42 +69,9 @@ def get_config(arg="digits"):
     if arg == "digits":
         pass  # the base config is the digits demo
     elif arg == "smoke":
-        c.data.name = "digits"
-        c.data.image_size = 8
-        c.model.ebm_kwargs.width = 8
-        c.model.generator_kwargs.width = 8
-        c.model.latent_dim = 8
-        c.langevin.num_steps = 3
-        c.bank.size = 32
-        c.train.update(
-            num_steps=4, batch_size=8, log_every=2, image_every=2, checkpoint_every=2
-        )
-        c.eval.update(num_samples=16, batch_size=8, num_steps=3, milestones=(0, 3))
+        common.smoke(c)
     elif arg == "toy2d":
-        c.data.update(image_size=2, channels=1, noise_std=0.0)
-        c.model.update(ebm="ebm_toy", generator="gen_toy", latent_dim=2)
-        c.model.ebm_kwargs = common.Config()
-        c.model.generator_kwargs = common.Config()
-        c.langevin.update(num_steps=20, step_size=0.05, temperature=1.0)
-        c.generator.batch_stats_in_training = False
-        c.optim.ebm_lr = common.schedule((0, 1e-3))
-        c.optim.gen_lr = common.schedule((0, 1e-3))
-        c.train.update(
-            num_steps=10000,
-            batch_size=100,
-            log_every=500,
-            image_every=2500,
-            checkpoint_every=500,
-        )
-        # Steady state: exact on the grid; histograms of 5000 chains run
-        # 100K steps from data at the training step size and temperature.
-        c.eval.update(
-            num_samples=5000,
-            num_steps=100000,
-            step_size=0.05,
-            temperature=1.0,
-            mala=True,
-        )
+        common.toy2d(c)
     elif arg == "cifar10":
         _reference(
             c,

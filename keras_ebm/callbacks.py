@@ -84,7 +84,7 @@ class ProgressBar(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
         if logs and batch % 10 == 0:
-            shown = ("loss", "energy_gap", "drift_norm", "gen_loss")
+            shown = ("loss", "energy_gap", "drift_norm", "gen_loss", "transferred")
             self.bar.set_postfix(
                 {k: f"{float(logs[k]):.3g}" for k in shown if k in logs}
             )

@@ -2,8 +2,9 @@
 `LongrunEnergyModel` (burn-in and update banks) against a frozen prior EBM,
 trained with the shared loop; evaluated along one long trajectory."""
 
-from keras_ebm import evaluation, training
+from keras_ebm import training
 from keras_ebm.models import LongrunEnergyModel
+from keras_ebm.regimes import common
 from keras_ebm.sampling import SampleBank
 
 require = training.require
@@ -71,16 +72,4 @@ def build(config):
     )
 
 
-def train(config, workdir):
-    return training.train(config, workdir, build=build, check=check)
-
-
-def evaluate(config, workdir):
-    check(config)
-    model, step = training.load_trained(config, workdir, build)
-    return evaluation.evaluate_model(config, workdir, model, step)
-
-
-def export(config, workdir):
-    model, step = training.load_trained(config, workdir, build)
-    return evaluation.export(config, workdir, model, step)
+train, evaluate, export = common.entry_points(check, build)

@@ -1,13 +1,12 @@
 """The prior EBM of longrun (ebm-life-cycle `configs/*_prior_sngan.py`): an
 `EnergyModel` with a frozen generator as rejuvenation source and the
-Gaussian term in its potential. It trains, evaluates and exports as
+Gaussian term in its potential. It builds, trains, evaluates and exports as
 shortrun; only its start-up check differs (the frozen generator must
 exist)."""
 
 from keras_ebm import training
-from keras_ebm.regimes.shortrun import build, evaluate, export
-
-__all__ = ["build", "check", "evaluate", "export", "train"]
+from keras_ebm.regimes import common
+from keras_ebm.regimes.shortrun import build
 
 
 def check(config):
@@ -15,5 +14,4 @@ def check(config):
     training.check_frozen_generator(config, config.data.name)
 
 
-def train(config, workdir):
-    return training.train(config, workdir, build=build, check=check)
+train, evaluate, export = common.entry_points(check, build)

@@ -3,7 +3,8 @@
 shared fit loop, FID along the chains (toy2d: the exact steady state), and
 the SavedModel export."""
 
-from keras_ebm import evaluation, training
+from keras_ebm import training
+from keras_ebm.regimes import common
 
 
 def check(config):
@@ -15,16 +16,4 @@ def build(config):
     return training.build_model(config)
 
 
-def train(config, workdir):
-    return training.train(config, workdir, build=build, check=check)
-
-
-def evaluate(config, workdir):
-    check(config)
-    model, step = training.load_trained(config, workdir, build)
-    return evaluation.evaluate_model(config, workdir, model, step)
-
-
-def export(config, workdir):
-    model, step = training.load_trained(config, workdir, build)
-    return evaluation.export(config, workdir, model, step)
+train, evaluate, export = common.entry_points(check, build)

@@ -1,0 +1,27 @@
+"""What the EBM regimes' modules share: train, evaluate and export built
+from a regime's own `check` and `build`."""
+
+from keras_ebm import evaluation, training
+
+
+def entry_points(check, build):
+    """`(train, evaluate, export)` of an EBM regime.
+
+    train: the shared fit loop (`training.train`). evaluate: the newest
+    checkpoint, FID along the chains (toy2d: the exact steady state).
+    export: its SavedModel.
+    """
+
+    def train(config, workdir):
+        return training.train(config, workdir, build=build, check=check)
+
+    def evaluate(config, workdir):
+        training.check_config(config)
+        model, step = training.load_trained(config, workdir, build)
+        return evaluation.evaluate_model(config, workdir, model, step)
+
+    def export(config, workdir):
+        model, step = training.load_trained(config, workdir, build)
+        return evaluation.export(config, workdir, model, step)
+
+    return train, evaluate, export
