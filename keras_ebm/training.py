@@ -44,6 +44,12 @@ def check_config(config):
     )
     require(config.data.image_size > 0, "data.image_size", "must be positive")
     require(config.data.noise_std >= 0, "data.noise_std", "must be >= 0")
+    planned = networks.PLANNED.get(config.model.ebm)
+    require(
+        planned is None,
+        "model.ebm",
+        f"{config.model.ebm} is not built yet (it comes with {planned})",
+    )
     require(
         config.model.ebm in networks.NAMES,
         "model.ebm",

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import app
 from absl.testing import parameterized
@@ -81,8 +82,8 @@ class ConfigsTest(parameterized.TestCase):
         self.assertIn(f"--config={REPO}/configs/classifier.py:digits", argv)
         argv = cli.resolve_argv(["train.py", "--regime=longrun", "--dataset=celeb_a"])
         self.assertIn(f"--config={REPO}/configs/longrun.py:celeb_a", argv)
-        with self.assertRaisesRegex(app.UsageError, "midrun.*issue"):
-            cli.resolve_argv(["train.py", "--regime=midrun"])
+        argv = cli.resolve_argv(["train.py", "--regime=midrun", "--dataset=cifar10"])
+        self.assertIn(f"--config={REPO}/configs/midrun.py:cifar10", argv)
         with self.assertRaisesRegex(app.UsageError, "unknown --regime"):
             cli.resolve_argv(["train.py", "--regime=nope"])
 
@@ -106,7 +107,7 @@ def _train(tmp_path, *flags):
         ("--config.bank.size=2", "config.bank.size"),
         ("--config.langevin.numsteps=3", "numsteps"),
         ("--config.langevin.num_steps=4.5", "num_steps"),
-        ("--regime=midrun", "midrun"),
+        ("--regime=adversarial", "unknown --regime"),
     ],
 )
 def test_bad_flags_stop_before_writing(tmp_path, flag, message):
@@ -173,3 +174,54 @@ def test_longrun_reference_values():
     )
     assert prior.get_config("celeb_a").langevin.num_steps == 100
     assert prior.get_config("imagenet2012").langevin.temperature == 1e-5
+
+
+@pytest.mark.parametrize(
+    "dataset", ["digits", "smoke", "cifar10", "cifar10_data", "folder", "imagenet2012"]
+)
+def test_midrun_presets(dataset):
+    from configs import midrun
+
+    c = midrun.get_config(dataset)
+    if dataset == "imagenet2012":  # the BigGAN EBM is not built yet
+        with pytest.raises(run.ConfigError, match="ebm_biggan is not built yet"):
+            run.training.check_config(c)
+        return
+    run.training.check_config(c)
+    assert c.bank.max_updates == 0 and not c.generator.trainable
+    if dataset == "cifar10":  # cifar10_medconv_sngan
+        assert (c.bank.size, c.bank.rejuvenation_prob) == (25000, 0.05)
+        assert (c.langevin.step_size, c.data.noise_std) == (1.25e-2, 2.5e-2)
+        assert tuple(c.optim.ebm_lr.rates) == (1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
+        assert tuple(c.optim.ebm_lr.steps) == (0, 50000, 75000, 100000, 125000)
+        assert c.defense.num_steps == 2000
+        # p = K / K_def
+        assert c.bank.rejuvenation_prob == c.langevin.num_steps / c.defense.num_steps
+    if dataset == "cifar10_data":  # cifar10_medconv_sngan_data
+        assert (c.bank.size, c.bank.rejuvenation_prob, c.init.source) == (
+            20000,
+            0.025,
+            "data",
+        )
+
+
+@pytest.mark.slow
+def test_midrun_trains_from_a_frozen_shortrun_generator(tmp_path):
+    from configs import midrun
+
+    short = shortrun.get_config("smoke")
+    shortrun_model = run.train(short, str(tmp_path / "short"))
+    c = midrun.get_config("smoke")
+    c.init.source = "generator"
+    c.generator.weights = str(tmp_path / "short")
+    model = run.train(c, str(tmp_path / "mid"))
+    for a, b in zip(
+        model.generator.weights, shortrun_model.generator.weights, strict=True
+    ):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not model.train_generator and int(model.ebm_optimizer.iterations) == 4
+    # A generator of another shape is refused before anything is written.
+    c.data.image_size = 16
+    with pytest.raises(run.ConfigError, match="generator"):
+        run.train(c, str(tmp_path / "mid16"))
+    assert not (tmp_path / "mid16").exists()

@@ -9,16 +9,15 @@ evaluation they share in `keras_ebm.evaluation`. Each regime has a config
 file `configs/<regime>.py`.
 """
 
-from keras_ebm.regimes import classifier, longrun, prior, shortrun
+from keras_ebm.regimes import classifier, longrun, midrun, prior, shortrun
 
 REGIMES = {
     "shortrun": shortrun,
     "prior": prior,
     "longrun": longrun,
+    "midrun": midrun,
     "classifier": classifier,
 }
 NAMES = tuple(REGIMES)
 # Planned regimes, named so that asking for one gives a clear answer.
-PLANNED = {
-    "midrun": "the midrun (defense) issue",
-}
+PLANNED = {}

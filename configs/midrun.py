@@ -1,0 +1,106 @@
+"""Midrun adversarial defense, training (paper Section 3, Algorithm 3;
+ebm-life-cycle `configs/*_medconv_*.py`): a persistent bank rejuvenated
+rarely from a frozen generator or from data, no lifetime cap, and the
+learning rate annealed 1e-4 -> 1e-8 over 125K steps.
+
+    python train.py --regime=shortrun --dataset=cifar10   # the generator
+    python train.py --regime=midrun --dataset=cifar10     # frozen SNGAN-32 source
+    python train.py --regime=midrun --dataset=cifar10_data
+
+p = K / K_def (the paper): with K 100 steps per draw and purification of
+K_def steps, a state lives K_def steps on average (0.05 -> 2000).
+
+`get_config(arg)`: cifar10, cifar10_data, imagenet2012, digits, folder or
+smoke.
+"""
+
+from configs import common
+
+ANNEAL = common.schedule(
+    (0, 1e-4), (50000, 1e-5), (75000, 1e-6), (100000, 1e-7), (125000, 1e-8)
+)
+
+
+def get_config(arg="digits"):
+    arg = {"imagenet": "imagenet2012"}.get(arg, arg)
+    c = common.get_base_config()
+    c.regime = "midrun"
+    c.data.name = arg
+    c.generator.update(trainable=False, batch_stats_in_training=False)
+    c.generator.weights = f"runs/shortrun/{arg}"
+    c.bank.max_updates = 0
+    # Purification (evaluation): K_def steps at the training eps and T.
+    c.defense = common.Config(
+        dict(
+            num_steps=2000,  # K_def
+            classifier_workdir=f"runs/classifier/{arg}",
+        )
+    )
+    if arg == "digits":
+        # K 40 per draw, K_def 400 -> p 0.1; the demo's eps, data noise 2 eps.
+        c.langevin.num_steps = 40
+        c.bank.rejuvenation_prob = 0.1
+        c.data.noise_std = 2e-2
+        c.defense.num_steps = 400
+        c.optim.ebm_lr = common.schedule((0, 2e-4), (1500, 2e-5), (1800, 2e-6))
+        c.train.update(num_steps=2000, image_every=500, checkpoint_every=500)
+    elif arg == "smoke":
+        common.smoke(c)
+        c.init.source = "noise"
+        c.generator.weights = ""
+        c.bank.rejuvenation_prob = 0.1
+        c.defense.update(num_steps=4, classifier_workdir="runs/classifier/digits")
+    elif arg in ("cifar10", "cifar10_data"):
+        c.data.update(name="cifar10", image_size=32, channels=3)
+        c.model.update(ebm="ebm_sngan32", generator="gen_sngan32", latent_dim=128)
+        c.model.ebm_kwargs = common.Config()
+        c.model.generator_kwargs = common.Config(dict(bn_epsilon=1e-3))
+        c.langevin.update(num_steps=100, step_size=1.25e-2, temperature=1e-4)
+        c.data.noise_std = 2.5e-2
+        c.bank.update(size=25000, rejuvenation_prob=0.05)
+        c.generator.weights = "runs/shortrun/cifar10"
+        c.defense.classifier_workdir = "runs/classifier/cifar10"
+        if arg == "cifar10_data":  # cifar10_medconv_sngan_data
+            c.init.source = "data"
+            c.model.generator = ""
+            c.generator.weights = ""
+            c.langevin.step_size = 1e-2
+            c.data.noise_std = 2e-2
+            c.bank.update(size=20000, rejuvenation_prob=0.025)
+        c.optim.ebm_lr = ANNEAL
+        c.train.update(
+            num_steps=150000,
+            batch_size=128,
+            log_every=500,
+            image_every=5000,
+            checkpoint_every=5000,
+        )
+    elif arg == "imagenet2012":
+        # imagenet_medconv_sngan: 224x224, BigGAN-deep EBM and a frozen
+        # BigGAN-deep-256 generator resized to 224 (both not built yet).
+        c.data.update(image_size=224, channels=3, noise_std=3e-2)
+        c.model.update(ebm="ebm_biggan", generator="gen_biggan_deep256", latent_dim=128)
+        c.model.ebm_kwargs = common.Config()
+        c.model.generator_kwargs = common.Config()
+        c.langevin.update(num_steps=100, step_size=2e-2, temperature=1e-5)
+        c.bank.update(size=10000, rejuvenation_prob=0.05)
+        c.defense.num_steps = 200
+        c.optim.ebm_lr = ANNEAL
+        c.train.update(
+            num_steps=150000,
+            batch_size=64,
+            log_every=500,
+            image_every=5000,
+            checkpoint_every=5000,
+        )
+    elif arg == "folder":
+        c.data.update(image_size=32, channels=3)
+        c.init.source = "data"
+        c.model.generator = ""
+        c.generator.weights = ""
+    else:
+        raise ValueError(
+            f"unknown dataset {arg!r} for midrun; known: digits, smoke, cifar10, "
+            "cifar10_data, imagenet2012, folder"
+        )
+    return c
