@@ -23,6 +23,8 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_string("root", "runs/toy2d_study", "where the runs go")
 flags.DEFINE_integer("eval_steps", 100000, "Langevin steps of the chains from data")
 flags.DEFINE_integer("train_steps", 0, "EBM updates; 0 = the presets'")
+flags.DEFINE_list("densities", ["rings", "gmm"], "toy densities")
+flags.DEFINE_list("regimes", ["shortrun", "longrun"], "regimes to compare")
 FLAGS = flags.FLAGS
 
 
@@ -31,8 +33,10 @@ def main(_):
     from keras_ebm import run
 
     rows = []
-    for density in ("rings", "gmm"):
-        for name, configs in (("shortrun", shortrun), ("longrun", longrun)):
+    presets = {"shortrun": shortrun, "longrun": longrun}
+    for density in FLAGS.densities:
+        for name in FLAGS.regimes:
+            configs = presets[name]
             config = configs.get_config("toy2d")
             config.data.toy = density
             if FLAGS.train_steps:

@@ -88,6 +88,10 @@ def get_config(arg="digits"):
         c.model.generator = ""
         c.init.source = "noise"
         c.prior.temperature = 1.0
+        # The Gaussian term bounds the tails: without it (tau 0) the toy EBM
+        # put low energy beyond the data, where no burn-in chain goes, and
+        # 100K-step chains left the grid (BUILD_NOTES, toy2d study).
+        c.langevin.tau = 2.0
         c.burnin.update(size=500, steps=20, length=50)
         c.bank.size = 1000
     elif arg == "smoke":
