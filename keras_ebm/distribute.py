@@ -1,4 +1,5 @@
-"""Replica-aware helpers: strategy choice, per-replica seeds, loss scaling."""
+"""Replica-aware helpers: strategy choice, replica-independent draws, loss
+scaling."""
 
 import tensorflow as tf
 
@@ -30,17 +31,6 @@ def replica_info():
     if ctx is None:  # cross-replica context: act as one replica
         return tf.constant(0), 1
     return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
-
-
-def replica_seed(seed):
-    """Folds the replica id into a stateless seed.
-
-    Keras seed generators give every replica the same stream; this gives each
-    its own. (Training draws with `replica_rows` instead, so that its results
-    do not depend on the number of replicas.)
-    """
-    replica_id, _ = replica_info()
-    return tf.random.experimental.stateless_fold_in(seed, replica_id)
 
 
 def replica_rows(draw, shape):
