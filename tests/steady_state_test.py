@@ -9,13 +9,13 @@ import pytest
 from scipy import stats
 
 from configs import longrun, shortrun
-from keras_ebm import evaluation, run
+from keras_ebm import run, steady_state
 
 
 def gaussian_grid(mean, sigma, limit=4.6):
-    points = evaluation.grid_points(limit)
+    points = steady_state.grid_points(limit)
     log_p = -np.sum((points - mean) ** 2, 1) / (2 * sigma**2)
-    return evaluation.grid_probabilities(log_p)
+    return steady_state.grid_probabilities(log_p)
 
 
 def test_grid_tv_and_kl_of_shifted_gaussians_match_closed_forms():
@@ -25,31 +25,34 @@ def test_grid_tv_and_kl_of_shifted_gaussians_match_closed_forms():
     p = gaussian_grid([0.0, 0.0], s)
     q = gaussian_grid([d, 0.0], s)
     assert p.sum() == pytest.approx(1.0)
-    assert evaluation.total_variation(p, q) == pytest.approx(
+    assert steady_state.total_variation(p, q) == pytest.approx(
         2 * stats.norm.cdf(d / (2 * s)) - 1, abs=2e-3
     )
-    assert evaluation.kl_divergence(p, q) == pytest.approx(d**2 / (2 * s**2), rel=1e-2)
-    assert evaluation.total_variation(p, p) == 0.0
-    assert evaluation.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert steady_state.kl_divergence(p, q) == pytest.approx(
+        d**2 / (2 * s**2), rel=1e-2
+    )
+    assert steady_state.total_variation(p, p) == 0.0
+    assert steady_state.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_histograms_converge_to_the_grid_density():
     s, limit = 0.5, 4.6
     p = gaussian_grid([0.0, 0.0], s, limit)
-    coarse = evaluation.coarsen(p)
+    coarse = steady_state.coarsen(p)
     assert coarse.sum() == pytest.approx(1.0)
     rng = np.random.default_rng(0)
     tvs = [
-        evaluation.total_variation(
-            evaluation.histogram_probabilities(rng.normal(0, s, (n, 2)), limit), coarse
+        steady_state.total_variation(
+            steady_state.histogram_probabilities(rng.normal(0, s, (n, 2)), limit),
+            coarse,
         )
         for n in (1000, 100000)
     ]
     assert tvs[1] < tvs[0] / 3 and tvs[1] < 0.05
     # Mass outside the grid counts against the histogram.
-    far = evaluation.histogram_probabilities(np.full((10, 2), 9.0), limit)
+    far = steady_state.histogram_probabilities(np.full((10, 2), 9.0), limit)
     assert far[-1] == 1.0
-    assert evaluation.total_variation(far, coarse) == pytest.approx(1.0)
+    assert steady_state.total_variation(far, coarse) == pytest.approx(1.0)
 
 
 @pytest.mark.slow
@@ -85,8 +88,8 @@ def test_mala_removes_the_discretization_bias_of_ula(tmp_path):
     config = longrun.get_config("toy2d")
     config.eval.update(num_steps=300, step_size=1.0, temperature=1.0)
     x0 = np.zeros((4000, 2), "float32")
-    ula, rate = evaluation.long_chains(config, str(tmp_path), model, x0, 100)
-    mala, acceptance = evaluation.long_chains(
+    ula, rate = steady_state.long_chains(config, str(tmp_path), model, x0, 100)
+    mala, acceptance = steady_state.long_chains(
         config, str(tmp_path), model, x0, 100, sampler="mala"
     )
     assert rate == 1.0 and 0.5 < acceptance < 1.0
@@ -107,7 +110,7 @@ def test_mala_takes_the_ula_proposal(tmp_path):
     config = longrun.get_config("toy2d")
     config.eval.update(num_steps=10, step_size=0.5, temperature=1.0)
     x0 = np.zeros((4000, 2), "float32")
-    mala, acceptance = evaluation.long_chains(
+    mala, acceptance = steady_state.long_chains(
         config, str(tmp_path), model, x0, sampler="mala"
     )
     assert acceptance == 1.0
