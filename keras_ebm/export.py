@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras_ebm.sampling import langevin
 
 
-def _checked(x, state_shape, endpoint):
+def checked(x, state_shape, endpoint):
     """Rank and size checks with a message that says what is expected."""
     expected = "[B, " + ", ".join(str(d) for d in state_shape) + "] float32"
     target = tf.constant(state_shape, tf.int32)
@@ -73,15 +73,15 @@ def export(
         return x
 
     def energy(x):
-        return model.potential(_checked(x, shape, "energy"))
+        return model.potential(checked(x, shape, "energy"))
 
     def sample(x, num_steps):
-        x = _checked(x, shape, "sample")
+        x = checked(x, shape, "sample")
         tf.debugging.assert_non_negative(num_steps, message="num_steps must be >= 0")
         return run(x, num_steps)
 
     def purify(x):
-        return run(_checked(x, shape, "purify"), purify_steps, purify_step_size)
+        return run(checked(x, shape, "purify"), purify_steps, purify_step_size)
 
     archive.add_endpoint("energy", tf.function(energy), input_signature=[any_rank])
     archive.add_endpoint(

@@ -1,10 +1,17 @@
 """Midrun adversarial defense (paper Section 3, Algorithm 3): an
 `EnergyModel` with a persistent bank rejuvenated rarely from a frozen
 generator or from data, no lifetime cap and an annealed learning rate,
-trained with the shared loop. (Purification and the BPDA+EOT evaluation
-come with the rest of the midrun issue.)"""
+trained with the shared loop; exported with a defended classifier
+(`keras_ebm.defense`). (The BPDA+EOT evaluation comes with the rest of the
+midrun issue.)"""
 
-from keras_ebm import training
+import json
+import os
+
+import keras
+import ml_collections
+
+from keras_ebm import classify, defense, evaluation, training
 from keras_ebm.regimes import common
 from keras_ebm.regimes.shortrun import build
 
@@ -28,4 +35,38 @@ def check(config):
     training.check_frozen_generator(config, config.data.name)
 
 
-train, evaluate, export = common.entry_points(check, build)
+train, evaluate, _ = common.entry_points(check, build)
+
+
+def load_classifier(path):
+    """The classifier to defend: a classifier-regime run directory or a
+    `.keras` file."""
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no classifier file {path!r}")
+        return keras.models.load_model(path, compile=False)
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"no classifier run in {path!r}; train one with `python train.py "
+            "--regime=classifier --dataset=<dataset>` or set "
+            "--config.defense.classifier_workdir"
+        )
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    return classify.load(config, path)
+
+
+def export(config, workdir):
+    """`<workdir>/export` (the EBM's endpoints, `purify` with K_def steps)
+    and `<workdir>/export_defended` (`classify`, `purify`, `predict`)."""
+    model, step = training.load_trained(config, workdir, build)
+    classifier = load_classifier(config.defense.classifier_workdir)
+    evaluation.export(
+        config, workdir, model, step, purify_steps=config.defense.num_steps
+    )
+    defended = defense.DefendedClassifier(model, classifier, config.defense.num_steps)
+    path = os.path.join(workdir, "export_defended")
+    defense.export_defended(defended, path)
+    print(f"Defended classifier of step {step} written to {path}")
+    return path
