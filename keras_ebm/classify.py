@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import data, networks
+from keras_ebm.errors import ConfigError
 
 WEIGHTS = "classifier.weights.h5"
 
@@ -86,6 +87,20 @@ def load(config, workdir):
             f"no trained classifier at {path}; train one with "
             f"`python train.py --regime=classifier --dataset={config.data.name}`"
         )
+    saved = os.path.join(workdir, "config.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            trained = json.load(f)["data"]
+        size = (trained["image_size"], trained["channels"])
+        wanted = (config.data.image_size, config.data.channels)
+        if size != wanted:
+            raise ConfigError(
+                f"the classifier in {workdir} takes {size[0]}x{size[0]}x{size[1]} "
+                f"images, not {wanted[0]}x{wanted[0]}x{wanted[1]}; train one for "
+                f"this size with `python train.py --regime=classifier "
+                f"--dataset={config.data.name} --config.data.image_size={wanted[0]} "
+                "--workdir=<dir>` and pass its workdir"
+            )
     model = build(config)
     model.load_weights(path)
     return model

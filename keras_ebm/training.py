@@ -16,14 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import callbacks, data, distribute, networks
+from keras_ebm.errors import ConfigError
 from keras_ebm.models import EnergyModel
 from keras_ebm.sampling import SampleBank
 
 log = logging.getLogger("keras_ebm")
-
-
-class ConfigError(ValueError):
-    """An invalid config value; the message names the field."""
 
 
 # === Config checks ===

@@ -178,6 +178,10 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     clf.set_weights([w * 1.5 for w in clf.get_weights()])
     clf.save_weights(os.path.join(clf_dir, classify.WEIGHTS))
     changed = run.evaluate(config, workdir)
+    # A classifier trained at another image size is refused with a message.
+    other_size = clf_configs.get_config("smoke")  # 16x16
+    with pytest.raises(run.ConfigError, match="takes 8x8x1 images, not 16x16x1"):
+        classify.load(other_size, clf_dir)
     assert len(glob.glob(os.path.join(workdir, "fid_cache", "*.npz"))) == 2
     assert changed["fid_along_chain"]["0"] != other["fid_along_chain"]["0"]
 
