@@ -88,11 +88,11 @@ def get_config(arg="digits"):
         c.model.generator = ""
         c.init.source = "noise"
         c.prior.temperature = 1.0
-        # The Gaussian term bounds the tails: without it (tau 0) the toy EBM
-        # put low energy beyond the data, where no burn-in chain goes, and
-        # 100K-step chains left the grid (BUILD_NOTES, toy2d study).
+        # A long burn-in (D 1000 draws x 20 steps: ~20K steps before a state
+        # updates the model) aligns the steady state; D 50 (~1K steps) did
+        # not. The Gaussian term bounds the tails (BUILD_NOTES, toy2d study).
         c.langevin.tau = 2.0
-        c.burnin.update(size=500, steps=20, length=50)
+        c.burnin.update(size=500, steps=20, length=1000)
         c.bank.size = 1000
     elif arg == "smoke":
         common.smoke(c)
