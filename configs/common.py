@@ -177,3 +177,15 @@ def toy2d(c):
     c.eval.update(
         num_samples=5000, num_steps=100000, step_size=0.05, temperature=1.0, mala=True
     )
+
+
+def paper_training(c, num_steps, batch_size=128):
+    """The reference's accelerator-scale loop: logs every 500 steps, grids
+    and checkpoints every 5000."""
+    c.train.update(
+        num_steps=num_steps,
+        batch_size=batch_size,
+        log_every=500,
+        image_every=5000,
+        checkpoint_every=5000,
+    )

@@ -33,13 +33,7 @@ def _paper(c, *, name, size, ebm, gen, temperature, noise_std, bank, lr0, joint)
     c.bank.size = bank
     c.generator.weights = f"runs/shortrun/{name}"
     c.optim.ebm_lr = common.schedule((0, lr0), *ANNEAL)
-    c.train.update(
-        num_steps=250000,
-        batch_size=128,
-        log_every=500,
-        image_every=5000,
-        checkpoint_every=5000,
-    )
+    common.paper_training(c, 250000)
     # fid_longrun_*: 53 rounds x 96 = 5,088 chains from the fixed generator;
     # 100K steps by default, 1M with --config.eval.num_steps=1000000.
     c.eval.update(

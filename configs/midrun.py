@@ -68,13 +68,7 @@ def get_config(arg="digits"):
             c.data.noise_std = 2e-2
             c.bank.update(size=20000, rejuvenation_prob=0.025)
         c.optim.ebm_lr = ANNEAL
-        c.train.update(
-            num_steps=150000,
-            batch_size=128,
-            log_every=500,
-            image_every=5000,
-            checkpoint_every=5000,
-        )
+        common.paper_training(c, 150000)
     elif arg == "imagenet2012":
         # imagenet_medconv_sngan: 224x224, BigGAN-deep EBM and a frozen
         # BigGAN-deep-256 generator resized to 224 (both not built yet).
@@ -86,13 +80,7 @@ def get_config(arg="digits"):
         c.bank.update(size=10000, rejuvenation_prob=0.05)
         c.defense.num_steps = 200
         c.optim.ebm_lr = ANNEAL
-        c.train.update(
-            num_steps=150000,
-            batch_size=64,
-            log_every=500,
-            image_every=5000,
-            checkpoint_every=5000,
-        )
+        common.paper_training(c, 150000, batch_size=64)
     elif arg == "folder":
         c.data.update(image_size=32, channels=3)
         c.init.source = "data"

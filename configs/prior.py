@@ -23,13 +23,7 @@ def _paper(c, *, size, ebm, gen, num_steps, temperature, noise_std):
     )
     c.bank.update(size=10000, rejuvenation_prob=0.2, max_updates=0)
     c.optim.ebm_lr = common.schedule((0, 1e-4))
-    c.train.update(
-        num_steps=150000,
-        batch_size=128,
-        log_every=500,
-        image_every=5000,
-        checkpoint_every=5000,
-    )
+    common.paper_training(c, 150000)
 
 
 def get_config(arg="digits"):

@@ -43,13 +43,7 @@ def _reference(
     c.optim.ebm_lr = common.schedule((0, 1e-4))
     c.optim.gen_lr = common.schedule((0, gen_lr))
     c.optim.clip_norm = clip_norm
-    c.train.update(
-        num_steps=train_steps,
-        batch_size=128,
-        log_every=500,
-        image_every=5000,
-        checkpoint_every=5000,
-    )
+    common.paper_training(c, train_steps)
     c.eval.update(
         num_samples=49920,
         batch_size=96,

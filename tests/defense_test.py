@@ -1,12 +1,6 @@
 """Purification and the defended classifier; its SavedModel loaded without
 keras_ebm."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
@@ -15,6 +9,7 @@ import tensorflow as tf
 from keras_ebm import defense
 from keras_ebm.models import EnergyModel
 from tests.linear_nets import LinearEnergy
+from tests.standalone import run_without_keras_ebm
 
 D, C = 3, 4
 
@@ -59,15 +54,8 @@ def test_defended_savedmodel_without_keras_ebm(tmp_path):
     path = defense.export_defended(d, str(tmp_path / "export_defended"))
     x = np.random.default_rng(1).normal(size=(3, D)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    script = textwrap.dedent(f"""
-        import json, sys
-        import numpy as np
-        import tensorflow as tf
-        try:
-            import keras_ebm  # noqa: F401
-            sys.exit("keras_ebm must not be importable here")
-        except ImportError:
-            pass
+    out = run_without_keras_ebm(
+        f"""
         r = tf.saved_model.load({path!r})
         x = tf.constant(np.load("x.npy"))
         with tf.GradientTape() as tape:
@@ -87,19 +75,9 @@ def test_defended_savedmodel_without_keras_ebm(tmp_path):
         except tf.errors.InvalidArgumentError as e:
             out["bad"] = str(e)
         print(json.dumps(out))
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    """,
+        tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["classify"], x @ m, rtol=1e-5)
     # d logits[:, 0] / dx = m[:, 0] for every image: differentiable in x.
     np.testing.assert_allclose(out["grad"], np.tile(m[:, 0], (3, 1)), rtol=1e-5)

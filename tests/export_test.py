@@ -1,17 +1,12 @@
 """SavedModel export: loaded by plain TensorFlow, without keras_ebm."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from configs import shortrun
 from keras_ebm import run
+from tests.standalone import run_without_keras_ebm
 
 # Whole runs, subprocesses and exports: seconds each.
 pytestmark = pytest.mark.slow
@@ -30,15 +25,8 @@ def test_loads_without_keras_ebm_and_every_endpoint_works(exported, tmp_path):
     model, path = exported
     x = np.random.default_rng(0).uniform(-1, 1, (3, 8, 8, 1)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    script = textwrap.dedent(f"""
-        import json, sys
-        import numpy as np
-        import tensorflow as tf
-        try:
-            import keras_ebm  # noqa: F401
-            sys.exit("keras_ebm must not be importable here")
-        except ImportError:
-            pass
+    out = run_without_keras_ebm(
+        f"""
         r = tf.saved_model.load({path!r})
         x = tf.constant(np.load("x.npy"))
         out = dict(
@@ -49,19 +37,9 @@ def test_loads_without_keras_ebm_and_every_endpoint_works(exported, tmp_path):
             generate=list(r.generate(tf.constant(5)).shape),
         )
         print(json.dumps(out))
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    """,
+        tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["energy"], model.potential(x).numpy(), rtol=1e-5)
     assert out["sample"] == [3, 8, 8, 1] and out["purify"] == [3, 8, 8, 1]
     np.testing.assert_allclose(out["sample0"], x)  # zero steps: unchanged
