@@ -11,6 +11,7 @@ from configs import common
 def get_config(arg="digits"):
     c = common.get_base_config()
     c.regime = "classifier"
+    c.preset = arg  # the config's argument; `--workdir` alone finds it again
     c.data.name = arg
     c.data.noise_std = 0.0
     c.classifier = common.Config(

@@ -37,6 +37,7 @@ def get_base_config():
     """
     c = Config()
     c.regime = "shortrun"
+    c.preset = "digits"
     c.seed = 0
 
     c.data = Config(

@@ -52,6 +52,7 @@ def get_config(arg="digits"):
     arg = {"imagenet": "imagenet2012"}.get(arg, arg)
     c = common.get_base_config()
     c.regime = "longrun"
+    c.preset = arg  # the config's argument; `--workdir` alone finds it again
     c.data.name = arg
     c.prior = common.Config(
         dict(

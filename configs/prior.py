@@ -30,6 +30,7 @@ def get_config(arg="digits"):
     arg = {"imagenet": "imagenet2012"}.get(arg, arg)
     c = common.get_base_config()
     c.regime = "prior"
+    c.preset = arg  # the config's argument; `--workdir` alone finds it again
     c.data.name = arg
     c.generator.update(trainable=False, batch_stats_in_training=False)
     c.bank.update(rejuvenation_prob=0.2, max_updates=0)

@@ -59,6 +59,7 @@ def get_config(arg="digits"):
     arg = {"imagenet": "imagenet2012"}.get(arg, arg)
     c = common.get_base_config()
     c.regime = "shortrun"
+    c.preset = arg  # the config's argument; `--workdir` alone finds it again
     c.data.name = arg
     if arg == "digits":
         pass  # the base config is the digits demo

@@ -38,13 +38,34 @@ def _flag_value(argv, name):
     return None
 
 
+def _saved_run(workdir):
+    """`(regime, dataset)` of an existing run directory, or `(None, None)`:
+    `--workdir=runs/x` alone then takes the defaults of the regime and
+    dataset it was trained with (e.g. a midrun run's attack settings)."""
+    import json
+
+    path = os.path.join(workdir or "", "config.json")
+    if not workdir or not os.path.isfile(path):
+        return None, None
+    with open(path) as f:
+        saved = json.load(f)
+    regime = saved.get("regime")
+    if regime not in regimes.NAMES:
+        return None, None
+    return regime, saved.get("preset") or saved.get("data", {}).get("name")
+
+
 def resolve_argv(argv):
-    """Inserts `--config=<repo>/configs/<regime>.py:<dataset>` if absent."""
+    """Inserts `--config=<repo>/configs/<regime>.py:<dataset>` if absent;
+    with neither `--regime` nor `--dataset`, a `--workdir` holding a run
+    chooses them."""
     argv = list(argv)
     regime = _flag_value(argv, "regime")
     dataset = _flag_value(argv, "dataset")
     if _flag_value(argv, "config") is not None:
         return argv
+    if regime is None and dataset is None:
+        regime, dataset = _saved_run(_flag_value(argv, "workdir"))
     regime = regime or DEFAULT_REGIME
     if regime not in regimes.NAMES:
         planned = regimes.PLANNED.get(regime)

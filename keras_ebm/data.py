@@ -41,6 +41,34 @@ def load_digits(image_size=16):
     return images, bunch.target.astype("int32")
 
 
+DIGITS_TEST_FRACTION = 0.2
+
+
+def digits_split(split, image_size=16, test_fraction=DIGITS_TEST_FRACTION):
+    """`(images, labels)` of a digits split.
+
+    scikit-learn ships no split: `train` is all 1,797 images (the demo's
+    data, as before), `classifier_train` and `test` the stratified 80/20
+    split the digits classifier trains and is tested on (seed 0), so a
+    model that must not see the test images (the midrun defense) trains on
+    `classifier_train`.
+    """
+    images, labels = load_digits(image_size)
+    if split == "train":
+        return images, labels
+    if split not in ("classifier_train", "test"):
+        raise ValueError(
+            f"unknown digits split {split!r}; use train (all 1,797), "
+            "classifier_train or test"
+        )
+    from sklearn.model_selection import train_test_split
+
+    parts = train_test_split(
+        images, labels, test_size=test_fraction, random_state=0, stratify=labels
+    )
+    return (parts[0], parts[2]) if split == "classifier_train" else (parts[1], parts[3])
+
+
 def toy2d_sample(name, num, seed=0, sigma=0.15):
     """Samples of the reference toy densities (`ebm-anatomy` ToyDataset).
 
@@ -204,17 +232,10 @@ def labeled(config, split):
     """
     name = config.data.name
     if name == "digits":
-        from sklearn.model_selection import train_test_split
-
-        images, labels = load_digits(config.data.image_size)
-        parts = train_test_split(
-            images,
-            labels,
-            test_size=config.classifier.test_fraction,
-            random_state=0,
-            stratify=labels,
-        )
-        return (parts[0], parts[2]) if split == "train" else (parts[1], parts[3])
+        classifier = config.get("classifier") or {}
+        fraction = classifier.get("test_fraction", DIGITS_TEST_FRACTION)
+        split = {"train": "classifier_train"}.get(split, split)
+        return digits_split(split, config.data.image_size, fraction)
     if name not in TFDS_DATASETS:
         raise ValueError(f"no labeled splits for dataset {name!r}")
     import tensorflow_datasets as tfds
@@ -244,7 +265,7 @@ def images(config):
     """Unbatched images of `config.data` as a tf.data.Dataset or array."""
     name = config.data.name
     if name == "digits":
-        return load_digits(config.data.image_size)[0]
+        return digits_split(config.data.split, config.data.image_size)[0]
     if name == "toy2d":
         return toy2d_sample(config.data.toy, config.data.num_examples, config.seed)
     if name == "folder":

@@ -33,12 +33,16 @@ class DefendedClassifier:
         self.num_steps = num_steps
         self.step_size = step_size or model.step_size
 
-    def purify(self, x, seed):
-        """`T(x)`: K_def Langevin steps, fresh noise per `seed` `[2]`."""
+    def purify(self, x, seed, num_steps=None):
+        """`T(x)`: K_def (or `num_steps`) Langevin steps, noise from `seed`
+        `[2]`; 0 steps is the identity (the undefended classifier)."""
+        num_steps = self.num_steps if num_steps is None else num_steps
+        if isinstance(num_steps, int) and num_steps == 0:
+            return x
         x, _ = langevin(
             self.model.potential,
             x,
-            num_steps=self.num_steps,
+            num_steps=num_steps,
             step_size=self.step_size,
             seed=seed,
             max_drift_norm=self.model.max_drift_norm,

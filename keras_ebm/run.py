@@ -42,7 +42,8 @@ def evaluate(config, workdir):
     """Evaluates the newest checkpoint of `workdir`.
 
     The model is rebuilt from `<workdir>/config.json`; `config` contributes
-    only its `eval` section (see `training.run_config`).
+    only its evaluation sections (`eval`, `attack`, `defense`; see
+    `training.run_config`).
     """
     config = run_config(config, workdir)
     return regime_of(config).evaluate(config, workdir)

@@ -296,15 +296,18 @@ def load_generator(generator, path):
 
 
 def check_workdir(config, workdir):
-    """Refuses to mix runs: a workdir's config may differ only in length."""
+    """Refuses to mix runs: a workdir's config may differ only in length
+    and in how it is evaluated (`EVALUATION_SECTIONS`)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
     with open(path) as f:
         old = json.load(f)
     new = json.loads(config.to_json_best_effort())
-    old.get("train", {}).pop("num_steps", None)
-    new.get("train", {}).pop("num_steps", None)
+    for c in (old, new):
+        c.get("train", {}).pop("num_steps", None)
+        for section in EVALUATION_SECTIONS + ("preset",):
+            c.pop(section, None)
     if old != new:
         diff = sorted(_diff(old, new))
         raise ConfigError(
@@ -409,8 +412,14 @@ def _tile(array, num):
 # === Loading a run ===
 
 
+# Sections that say how to evaluate, not what was trained: taken from the
+# flags when a run directory is evaluated.
+EVALUATION_SECTIONS = ("eval", "attack", "defense")
+
+
 def run_config(config, workdir):
-    """The config a run was trained with, with `eval` taken from `config`.
+    """The config a run was trained with, with the evaluation sections
+    (`eval`, `attack`, `defense`) taken from `config` where it has them.
 
     Evaluating `runs/x` then needs no repetition of its training overrides:
     the model is rebuilt from `<workdir>/config.json`; the flags choose only
@@ -423,7 +432,9 @@ def run_config(config, workdir):
         return config
     with open(path) as f:
         saved = ml_collections.ConfigDict(json.load(f))
-    saved.eval = config.eval
+    for section in EVALUATION_SECTIONS:
+        if section in config:
+            saved[section] = config[section]
     return saved
 
 

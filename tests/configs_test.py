@@ -87,6 +87,24 @@ class ConfigsTest(parameterized.TestCase):
         with self.assertRaisesRegex(app.UsageError, "unknown --regime"):
             cli.resolve_argv(["train.py", "--regime=nope"])
 
+    def test_workdir_alone_finds_its_regime_and_preset(self):
+        import tempfile
+
+        workdir = tempfile.mkdtemp()
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(
+                '{"regime": "midrun", "preset": "smoke", "data": {"name": "digits"}}'
+            )
+        argv = cli.resolve_argv(["evaluate.py", f"--workdir={workdir}"])
+        self.assertIn(f"--config={REPO}/configs/midrun.py:smoke", argv)
+        # Explicit flags win; a folder without a run falls back to the default.
+        argv = cli.resolve_argv(
+            ["evaluate.py", f"--workdir={workdir}", "--regime=prior"]
+        )
+        self.assertIn(f"--config={REPO}/configs/prior.py:digits", argv)
+        argv = cli.resolve_argv(["evaluate.py", f"--workdir={workdir}/none"])
+        self.assertIn(f"--config={REPO}/configs/shortrun.py:digits", argv)
+
 
 def _train(tmp_path, *flags):
     return subprocess.run(

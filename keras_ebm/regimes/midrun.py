@@ -1,17 +1,18 @@
 """Midrun adversarial defense (paper Section 3, Algorithm 3): an
 `EnergyModel` with a persistent bank rejuvenated rarely from a frozen
 generator or from data, no lifetime cap and an annealed learning rate,
-trained with the shared loop; exported with a defended classifier
-(`keras_ebm.defense`). (The BPDA+EOT evaluation comes with the rest of the
-midrun issue.)"""
+trained with the shared loop; evaluated by BPDA+EOT attacks on the defended
+classifier (`keras_ebm.robustness`); exported with a defended classifier
+(`keras_ebm.defense`)."""
 
 import json
 import os
 
 import keras
 import ml_collections
+import tensorflow as tf
 
-from keras_ebm import classify, defense, evaluation, training
+from keras_ebm import classify, defense, evaluation, robustness, training
 from keras_ebm.regimes import common
 from keras_ebm.regimes.shortrun import build
 
@@ -35,16 +36,66 @@ def check(config):
     training.check_frozen_generator(config, config.data.name)
 
 
-train, evaluate, _ = common.entry_points(check, build)
+train, _, _ = common.entry_points(check, build)
+
+
+def evaluate(config, workdir):
+    """BPDA+EOT (and on request a stronger adaptive attack) against the
+    classifier of `defense.classifier_workdir` behind K_def purification
+    steps of the newest checkpoint, beside the undefended classifier."""
+    check_attack(config)
+    model, step = training.load_trained(config, workdir, build)
+    classifier = load_classifier(config.defense.classifier_workdir)
+    return robustness.report(config, workdir, model, classifier, step)
+
+
+def check_attack(config):
+    a = config.attack
+    require(a.norm in ("linf", "l2"), "attack.norm", "linf or l2")
+    require(0 < a.step_size <= a.eps, "attack.step_size", "need 0 < step_size <= eps")
+    require(a.num_images >= 1 and a.batch_size >= 1, "attack.num_images", ">= 1")
+    require(a.adaptive_loss in ("ce", "margin"), "attack.adaptive_loss", "ce or margin")
+
+
+class SavedModelClassifier(keras.layers.Layer):
+    """A classifier given as a SavedModel: its `logits` endpoint (or
+    `serving_default`), images -> logits; a dict output with one entry is
+    unpacked."""
+
+    def __init__(self, path, **kwargs):
+        super().__init__(**kwargs)
+        loaded = tf.saved_model.load(path)
+        endpoint = "logits" if hasattr(loaded, "logits") else "serving_default"
+        if endpoint == "serving_default" and endpoint not in loaded.signatures:
+            raise ValueError(
+                f"the SavedModel at {path!r} has neither a `logits` function nor a "
+                "serving_default signature"
+            )
+        self.endpoint = endpoint
+        self.layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint)
+
+    def call(self, x, training=False):
+        out = self.layer(x)
+        if isinstance(out, dict):
+            if len(out) != 1:
+                raise ValueError(
+                    f"the classifier's {self.endpoint} returns {sorted(out)}; "
+                    "expected one output, the logits"
+                )
+            out = next(iter(out.values()))
+        return out
 
 
 def load_classifier(path):
-    """The classifier to defend: a classifier-regime run directory or a
-    `.keras` file."""
+    """The classifier to defend: a classifier-regime run directory, a
+    `.keras` file, or a SavedModel with a `logits` endpoint (or a
+    serving_default signature returning logits)."""
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no classifier file {path!r}")
         return keras.models.load_model(path, compile=False)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return SavedModelClassifier(path)
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(

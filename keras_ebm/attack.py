@@ -1,0 +1,320 @@
+"""Adaptive attacks on Langevin purification (paper Section 3.2, Algorithm 2).
+
+The attacker runs PGD (l_inf, or l_2) with a random start on the defended
+classifier `F(x) = argmax_c (1/H) sum_h f(T_h(x))_c`:
+
+- EOT: each PGD step purifies `H_adv` replicates of the current image and
+  ascends the loss of the replicate-averaged logits,
+  `L(x) = CE(y, (1/H_adv) sum_h f(T_h(x)))` (the paper's eq. 8);
+- BPDA: purification `T` is taken as the identity in the backward pass, so
+  `dL/dx = sum_h dL/dT_h(x)` (straight-through). With `grad_steps = m > 0`
+  the last m Langevin steps are differentiated exactly instead (a stronger
+  adaptive attack: BPDA alone has been criticized as too weak for
+  purifiers); `loss="margin"` ascends `max_{c != y} z_c - z_y` instead of
+  the cross-entropy;
+- the record is monotone per image, as the reference's `attack.py`: row 0
+  verifies every natural image with `H_def` replicates; at each of the
+  `num_steps + 1` PGD iterates an image whose `H_adv` replicates are
+  misclassified is verified with `H_def` fresh replicates, and once a
+  verification fails the image stays broken (evaluate-while-optimizing).
+  Natural accuracy is row 0, robust accuracy the last row.
+
+The PGD update is cleverhans' (`optimize_linear`, `clip_eta`): with
+purification off and H = 1 the attack is cleverhans' PGD (tested).
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from cleverhans.tf2.utils import clip_eta, optimize_linear, random_lp_vector
+
+NORMS = {"linf": np.inf, "l2": 2}
+LOSSES = ("ce", "margin")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+    """One attack. `eps` and `step_size` are in [-1, 1] image units (the
+    reference's /255 values times 2/255).
+
+    Attributes:
+        eps: radius of the threat ball.
+        step_size: PGD step eta.
+        num_steps: PGD steps (the record has `num_steps + 2` rows).
+        norm: "linf" or "l2".
+        adv_replicates: H_adv, replicates per attack gradient (EOT).
+        def_replicates: H_def, replicates per verification.
+        random_start: start uniformly in the ball (cleverhans' draw).
+        loss: "ce" (the reference) or "margin".
+        grad_steps: last Langevin steps differentiated exactly (0 = BPDA).
+    """
+
+    eps: float
+    step_size: float
+    num_steps: int
+    norm: str = "linf"
+    adv_replicates: int = 1
+    def_replicates: int = 1
+    random_start: bool = True
+    loss: str = "ce"
+    grad_steps: int = 0
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {sorted(NORMS)}, got {self.norm!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not 0 < self.step_size <= self.eps:
+            raise ValueError(
+                f"need 0 < step_size <= eps, got {self.step_size} and {self.eps}"
+            )
+        if self.num_steps < 0 or self.grad_steps < 0:
+            raise ValueError("num_steps and grad_steps must be >= 0")
+        if self.adv_replicates < 1 or self.def_replicates < 1:
+            raise ValueError("adv_replicates and def_replicates must be >= 1")
+
+
+def _fold(seed, i):
+    return tf.random.experimental.stateless_fold_in(seed, i)
+
+
+def attack_loss(logits, labels, kind):
+    """Per-image loss the attacker ascends: `CE(y, z)` or the margin
+    `max_{c != y} z_c - z_y`."""
+    if kind == "ce":
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    true = tf.gather(logits, labels, batch_dims=1)
+    others = logits - 1e9 * tf.one_hot(labels, tf.shape(logits)[-1])
+    return tf.reduce_max(others, axis=-1) - true
+
+
+def eot_logits_and_grad(defended, x, labels, settings, seed):
+    """Replicate-averaged logits `[B, classes]` of `f(T(x))` over H_adv
+    replicates, and the attack gradient `dL/dx` (BPDA straight through the
+    first `K_def - grad_steps` Langevin steps, exact through the rest)."""
+    h = settings.adv_replicates
+    k = defended.num_steps
+    m = min(settings.grad_steps, k)
+    x_rep = tf.repeat(x, h, axis=0)
+    # The BPDA part runs outside the tape: nothing of it is kept for the
+    # backward pass, so memory does not grow with K_def.
+    head = tf.stop_gradient(defended.purify(x_rep, _fold(seed, 0), num_steps=k - m))
+    with tf.GradientTape() as tape:
+        tape.watch(x_rep)
+        states = x_rep + tf.stop_gradient(head - x_rep)
+        if m:
+            states = defended.purify(states, _fold(seed, 1), num_steps=m)
+        out = defended.classifier(states, training=False)
+        logits = tf.reduce_mean(tf.reshape(out, (-1, h, tf.shape(out)[-1])), axis=1)
+        loss = attack_loss(logits, labels, settings.loss)
+    grad = tape.gradient(loss, x_rep)
+    grad = tf.reduce_sum(tf.reshape(grad, (-1, h) + tuple(x.shape[1:])), axis=1)
+    return logits, grad
+
+
+def pgd_step(x_adv, grad, x, settings):
+    """cleverhans' PGD iterate: `x + clip_eta(clip(x_adv + eta * d) - x)`,
+    d = sign(grad) (l_inf) or grad/||grad|| (l_2), clipped to [-1, 1]."""
+    norm = NORMS[settings.norm]
+    x_adv = tf.clip_by_value(
+        x_adv + optimize_linear(grad, settings.step_size, norm), -1.0, 1.0
+    )
+    return tf.clip_by_value(x + clip_eta(x_adv - x, norm, settings.eps), -1.0, 1.0)
+
+
+def random_start(x, settings):
+    """cleverhans' random start: uniform in the ball, projected and clipped.
+    Drawn eagerly from TensorFlow's global seed, exactly as cleverhans'
+    `projected_gradient_descent(rand_init=True)` draws it."""
+    if not settings.random_start:
+        return tf.zeros_like(x)
+    norm = NORMS[settings.norm]
+    eta = random_lp_vector(tf.shape(x), norm, tf.cast(settings.eps, x.dtype), x.dtype)
+    return clip_eta(eta, norm, settings.eps)
+
+
+def batch_attack(defended, settings):
+    """A compiled attack on one batch.
+
+    Returns `run(x, labels, eta0, seed)` -> `(record [num_steps + 2, B] bool,
+    adv_correct [num_steps + 1, B] bool, x_broken [B, ...], x_adv)`: the
+    monotone defended record, whether the H_adv replicates classified each
+    PGD iterate correctly, each image's first verified-broken iterate (the
+    natural image where none broke it), and the last PGD iterate.
+    """
+    h_def = settings.def_replicates
+
+    def verify(x, labels, seed):
+        """H_def-averaged prediction == label, for the images that need it
+        only (none most of the time; no Python loop per image)."""
+        logits = defended.logits(x, h_def, seed)
+        return tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
+
+    @tf.function(reduce_retracing=True)
+    def run(x, labels, eta0, seed):
+        n = settings.num_steps
+        defended_now = verify(x, labels, _fold(seed, 0))
+        record = tf.TensorArray(tf.bool, size=n + 2).write(0, defended_now)
+        adv_correct = tf.TensorArray(tf.bool, size=n + 1)
+        x_adv = tf.clip_by_value(x + eta0, -1.0, 1.0)
+        x_broken = x
+        for i in tf.range(n + 1):
+            step_seed = _fold(seed, i + 1)
+            logits, grad = eot_logits_and_grad(
+                defended, x_adv, labels, settings, _fold(step_seed, 0)
+            )
+            correct = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
+            rows = tf.where(tf.logical_and(tf.logical_not(correct), defended_now))
+            if tf.size(rows) > 0:
+                ok = verify(
+                    tf.gather_nd(x_adv, rows),
+                    tf.gather_nd(labels, rows),
+                    _fold(step_seed, 1),
+                )
+                broken = tf.scatter_nd(
+                    rows, tf.logical_not(ok), tf.shape(defended_now, tf.int64)
+                )
+                x_broken = tf.where(
+                    tf.reshape(broken, (-1,) + (1,) * (len(x.shape) - 1)),
+                    x_adv,
+                    x_broken,
+                )
+                defended_now = tf.logical_and(defended_now, tf.logical_not(broken))
+            record = record.write(i + 1, defended_now)
+            adv_correct = adv_correct.write(i, correct)
+            # The update after the last evaluation is discarded (as the
+            # reference), so x_adv ends as the num_steps-th PGD iterate.
+            if i < n:
+                x_adv = pgd_step(x_adv, grad, x, settings)
+        return record.stack(), adv_correct.stack(), x_broken, x_adv
+
+    return run
+
+
+def proportion_ci(successes, n, level=0.95):
+    """Exact (Clopper-Pearson) interval of a binomial proportion."""
+    from scipy import stats
+
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def settings_key(settings, **extra):
+    """A short hash of everything that changes an attack's result."""
+    import hashlib
+
+    blob = json.dumps(dict(dataclasses.asdict(settings), **extra), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def evaluate(
+    defended,
+    images,
+    labels,
+    settings,
+    out_dir,
+    *,
+    batch_size,
+    seed=0,
+    progress=None,
+):
+    """Runs the attack over `images` in batches and summarizes it.
+
+    Each finished batch is saved to `out_dir/batch_<index>_<size>.npz`, so a killed
+    evaluation resumes at the first missing batch; `out_dir/partial.json`
+    holds the accuracy so far. Batch b draws its random start after
+    `tf.random.set_seed(seed * 100003 + b)` and its Langevin noise from the
+    stateless seed `[seed, b]`, so a resumed run equals an uninterrupted one.
+
+    Returns:
+        dict: natural and robust accuracy with 95% Clopper-Pearson
+        intervals, the accuracy over attack steps (`curve`, the record's
+        mean per row), the H_adv accuracy per PGD iterate, timings.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    # Batches depend on their index only, so runs over a prefix of the same
+    # images share a folder (the K_def curve reuses the main attack's).
+    meta = dict(
+        settings=dataclasses.asdict(settings),
+        num_steps_defense=int(defended.num_steps),
+        batch_size=batch_size,
+        seed=seed,
+    )
+    meta_path = os.path.join(out_dir, "settings.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            if json.load(f) != meta:
+                raise ValueError(
+                    f"{out_dir} holds an attack with other settings; remove it or "
+                    "choose another output folder"
+                )
+    else:
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=2)
+    run = batch_attack(defended, settings)
+    starts = range(0, len(images), batch_size)
+    records, corrects, times = [], [], []
+    for b, start in enumerate(starts):
+        count = min(batch_size, len(images) - start)
+        path = os.path.join(out_dir, f"batch_{b:05d}_{count}.npz")
+        if not os.path.exists(path):
+            x = tf.constant(images[start : start + batch_size])
+            y = tf.constant(labels[start : start + batch_size], tf.int32)
+            tf.random.set_seed(seed * 100003 + b)
+            eta0 = random_start(x, settings)
+            t0 = time.perf_counter()
+            record, correct, broken, _ = run(x, y, eta0, tf.constant([seed, b]))
+            elapsed = time.perf_counter() - t0
+            tmp = path + ".tmp.npz"
+            np.savez(
+                tmp,
+                record=record.numpy(),
+                adv_correct=correct.numpy(),
+                broken=broken.numpy(),
+                seconds=elapsed,
+            )
+            os.replace(tmp, path)
+        saved = np.load(path)
+        records.append(saved["record"])
+        corrects.append(saved["adv_correct"])
+        times.append(float(saved["seconds"]))
+        record = np.concatenate(records, axis=1)
+        _write_json(
+            os.path.join(out_dir, "partial.json"),
+            dict(
+                images_done=int(record.shape[1]),
+                natural_accuracy=float(record[0].mean()),
+                robust_accuracy=float(record[-1].mean()),
+            ),
+        )
+        if progress is not None:
+            progress(b + 1, len(starts), record)
+    record = np.concatenate(records, axis=1)
+    correct = np.concatenate(corrects, axis=1)
+    n = record.shape[1]
+    natural, robust = int(record[0].sum()), int(record[-1].sum())
+    per_step = sum(times) / max(1, len(times) * (settings.num_steps + 1))
+    return dict(
+        meta,
+        num_images=n,
+        natural_accuracy=natural / n,
+        natural_ci95=proportion_ci(natural, n),
+        robust_accuracy=robust / n,
+        robust_ci95=proportion_ci(robust, n),
+        curve=record.mean(axis=1).tolist(),
+        adv_replicate_accuracy=correct.mean(axis=1).tolist(),
+        seconds=sum(times),
+        seconds_per_attack_step=per_step,
+        per_image_robust=record[-1].astype(int).tolist(),
+    )
+
+
+def _write_json(path, value):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
