@@ -62,6 +62,7 @@ def get_config(arg="digits"):
             adaptive=False,
             adaptive_grad_steps=10,
             adaptive_loss="margin",
+            adaptive_images=0,  # the first so many images; 0 = all
         )
     )
     if arg == "digits":
@@ -91,6 +92,7 @@ def get_config(arg="digits"):
             num_images=128,
             k_def_curve=(0, 25, 50, 100, 200, 400),
             curve_images=64,
+            adaptive_images=64,
         )
     elif arg == "smoke":
         common.smoke(c)

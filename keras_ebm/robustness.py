@@ -115,11 +115,12 @@ def report(config, workdir, model, classifier, step):
         "bpda_eot", defended, images, labels, settings_of(config), out, config, step
     )
     if a.adaptive:
+        count = a.adaptive_images or len(images)
         attacks["adaptive"] = run_attack(
             f"adaptive_{a.adaptive_loss}_g{a.adaptive_grad_steps}",
             defended,
-            images,
-            labels,
+            images[:count],
+            labels[:count],
             settings_of(config, loss=a.adaptive_loss, grad_steps=a.adaptive_grad_steps),
             out,
             config,
@@ -174,14 +175,17 @@ def report(config, workdir, model, classifier, step):
 
 def worst_case(runs):
     """Robust accuracy against the strongest of several attacks, per image:
-    an image counts as robust only if it survived every attack run on it."""
+    an image counts as robust only if it survived every attack run on it
+    (over the first images, as many as every attack covered)."""
+    n = min(len(r["per_image_robust"]) for r in runs)
     survived = np.logical_and.reduce(
-        [np.asarray(r["per_image_robust"], bool) for r in runs]
+        [np.asarray(r["per_image_robust"][:n], bool) for r in runs]
     )
     return dict(
         robust_accuracy=float(survived.mean()),
-        robust_ci95=attack.proportion_ci(int(survived.sum()), len(survived)),
+        robust_ci95=attack.proportion_ci(int(survived.sum()), n),
         attacks=[r["name"] for r in runs],
+        num_images=n,
     )
 
 

@@ -206,3 +206,7 @@ def test_worst_case_counts_an_image_robust_only_if_every_attack_failed():
     ]
     worst = robustness.worst_case(runs)
     assert worst["robust_accuracy"] == 0.5 and worst["attacks"] == ["a", "b"]
+    # An attack run on the first images only: the worst case over those.
+    runs.append(dict(name="c", per_image_robust=[0, 1]))
+    assert robustness.worst_case(runs)["robust_accuracy"] == 0.0
+    assert robustness.worst_case(runs)["num_images"] == 2

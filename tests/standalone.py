@@ -19,7 +19,7 @@ except ImportError:
 """
 
 
-def run_without_keras_ebm(body, cwd):
+def run_without_keras_ebm(body, cwd, timeout=300):
     """Runs `PRELUDE + body` in `cwd`; `body` must print one JSON line last.
 
     Returns:
@@ -34,7 +34,7 @@ def run_without_keras_ebm(body, cwd):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

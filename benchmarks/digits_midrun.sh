@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Midrun on digits: the classifier, the defensive EBM (data-rejuvenated, on
+# the classifier's training split), BPDA+EOT against the defended
+# classifier beside the undefended one, the K_def curve, the export, and
+# the exported defended classifier checked without keras_ebm.
+#
+#   bash benchmarks/digits_midrun.sh [PYTHON]
+set -euo pipefail
+py=${1:-.venv/bin/python}
+time $py train.py --regime=classifier --dataset=digits
+time $py train.py --regime=midrun --dataset=digits
+time $py evaluate.py --workdir=runs/midrun/digits           # attacks: eval/attack/
+time $py evaluate.py --workdir=runs/midrun/digits --export  # export/, export_defended/
+time $py benchmarks/defended_savedmodel.py --workdir=runs/midrun/digits
+cat runs/midrun/digits/eval/attack/results.json
