@@ -55,6 +55,12 @@ def check_attack(config):
     require(0 < a.step_size <= a.eps, "attack.step_size", "need 0 < step_size <= eps")
     require(a.num_images >= 1 and a.batch_size >= 1, "attack.num_images", ">= 1")
     require(a.adaptive_loss in ("ce", "margin"), "attack.adaptive_loss", "ce or margin")
+    require(all(k >= 0 for k in a.k_def_curve), "attack.k_def_curve", "steps >= 0")
+    require(
+        min(a.curve_images, a.adaptive_images, a.adaptive_grad_steps) >= 0,
+        "attack.curve_images",
+        "image counts and adaptive_grad_steps must be >= 0",
+    )
 
 
 class SavedModelClassifier(keras.layers.Layer):
