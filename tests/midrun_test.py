@@ -77,3 +77,20 @@ def test_classifier_from_a_savedmodel(tmp_path):
     np.testing.assert_allclose(loaded(x), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="train one"):
         midrun_regime.load_classifier(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("step_size", 0.5, "step_size"),
+        ("norm", "l1", "norm"),
+        ("adaptive_loss", "hinge", "adaptive_loss"),
+        ("k_def_curve", (0, -5), "k_def_curve"),
+    ],
+)
+def test_bad_attack_settings_stop_before_anything_runs(tmp_path, field, value, match):
+    c = midrun.get_config("smoke")
+    c.attack[field] = value
+    with pytest.raises(run.ConfigError, match=match):
+        run.evaluate(c, str(tmp_path / "mid"))
+    assert not (tmp_path / "mid").exists()
