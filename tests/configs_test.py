@@ -202,6 +202,14 @@ def test_midrun_presets(dataset):
 
     c = midrun.get_config(dataset)
     if dataset == "imagenet2012":  # the BigGAN EBM is not built yet
+        a = c.attack  # attack_config_imagenet
+        assert (a.eps, a.step_size, a.adv_replicates, a.def_replicates) == (
+            2 / 255,
+            1 / 255,
+            24,
+            64,
+        )
+        assert (a.num_images, a.split, c.defense.num_steps) == (800, "validation", 200)
         with pytest.raises(run.ConfigError, match="ebm_biggan is not built yet"):
             run.training.check_config(c)
         return
@@ -213,6 +221,17 @@ def test_midrun_presets(dataset):
         assert tuple(c.optim.ebm_lr.rates) == (1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
         assert tuple(c.optim.ebm_lr.steps) == (0, 50000, 75000, 100000, 125000)
         assert c.defense.num_steps == 2000
+        # attack_config_cifar10: 640 test images, 50 PGD steps of 2/255 in
+        # an 8/255 ball, H_adv 48, H_def 128.
+        a = c.attack
+        assert (a.eps, a.step_size, a.num_steps, a.norm) == (
+            8 / 255,
+            2 / 255,
+            50,
+            "linf",
+        )
+        assert (a.adv_replicates, a.def_replicates) == (48, 128)
+        assert (a.num_images, a.split, a.random_start) == (640, "test", True)
         # p = K / K_def
         assert c.bank.rejuvenation_prob == c.langevin.num_steps / c.defense.num_steps
     if dataset == "cifar10_data":  # cifar10_medconv_sngan_data
