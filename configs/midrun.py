@@ -34,6 +34,7 @@ def get_config(arg="digits"):
     c.defense = common.Config(
         dict(
             num_steps=2000,  # K_def
+            step_size=0.0,  # purification eps; 0 = the training eps
             classifier_workdir=f"runs/classifier/{arg}",
         )
     )
@@ -63,6 +64,7 @@ def get_config(arg="digits"):
             adaptive_grad_steps=10,
             adaptive_loss="margin",
             adaptive_images=0,  # the first so many images; 0 = all
+            report_name="",  # the report goes to eval/attack/<report_name>
         )
     )
     if arg == "digits":

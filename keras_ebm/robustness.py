@@ -44,14 +44,27 @@ def test_set(config):
     return images[order], labels[order]
 
 
+def defended_classifier(config, model, classifier, num_steps):
+    """`classifier` behind `num_steps` purification steps at
+    `defense.step_size` (0: the training eps)."""
+    step_size = config.defense.get("step_size") or None
+    return defense.DefendedClassifier(model, classifier, num_steps, step_size)
+
+
 def run_attack(name, defended, images, labels, settings, out, config, step):
     """One attack over the test set, resumable in its own folder (named by
     everything that changes its result)."""
     from tqdm import tqdm
 
     a = config.attack
+    # A purification step size other than the training one is part of the
+    # name (the default's names stay those of earlier evaluations).
+    purify = {}
+    if defended.num_steps and defended.step_size != defended.model.step_size:
+        purify["purify_step_size"] = float(defended.step_size)
     key = attack.settings_key(
         settings,
+        **purify,
         k_def=int(defended.num_steps),
         checkpoint_step=int(step),
         split=a.split,
@@ -92,12 +105,13 @@ def report(config, workdir, model, classifier, step):
     """
     a = config.attack
     out = os.path.join(workdir, "eval", "attack")
-    os.makedirs(out, exist_ok=True)
+    report_dir = os.path.join(out, a.get("report_name", ""))
+    os.makedirs(report_dir, exist_ok=True)
     images, labels = test_set(config)
     k_def = config.defense.num_steps
     started = time.perf_counter()
     attacks = {}
-    plain = defense.DefendedClassifier(model, classifier, 0)
+    plain = defense.DefendedClassifier(model, classifier, 0)  # no purification
     # The undefended classifier under the same PGD (one replicate: it is
     # deterministic).
     attacks["undefended"] = run_attack(
@@ -110,7 +124,7 @@ def report(config, workdir, model, classifier, step):
         config,
         step,
     )
-    defended = defense.DefendedClassifier(model, classifier, k_def)
+    defended = defended_classifier(config, model, classifier, k_def)
     attacks["bpda_eot"] = run_attack(
         "bpda_eot", defended, images, labels, settings_of(config), out, config, step
     )
@@ -135,7 +149,7 @@ def report(config, workdir, model, classifier, step):
             # reuse their batches.
             r = run_attack(
                 "bpda_eot" if k else "undefended",
-                defense.DefendedClassifier(model, classifier, int(k)),
+                defended_classifier(config, model, classifier, int(k)),
                 images[:count],
                 labels[:count],
                 settings_of(config)
@@ -149,6 +163,7 @@ def report(config, workdir, model, classifier, step):
     results = dict(
         checkpoint_step=step,
         k_def=k_def,
+        purify_step_size=float(defended.step_size),
         eps=a.eps,
         eps_in_255=a.eps * 255,
         step_size=a.step_size,
@@ -163,11 +178,11 @@ def report(config, workdir, model, classifier, step):
         k_def_curve=curve,
         seconds_total=time.perf_counter() - started,
     )
-    with open(os.path.join(out, "results.json"), "w") as f:
+    with open(os.path.join(report_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    _write_steps(out, attacks)
+    _write_steps(report_dir, attacks)
     if curve:
-        _write_curve(out, curve, a)
+        _write_curve(report_dir, curve, a)
     _tensorboard(workdir, step, attacks, curve)
     _print(results)
     return results

@@ -94,3 +94,16 @@ def test_bad_attack_settings_stop_before_anything_runs(tmp_path, field, value, m
     with pytest.raises(run.ConfigError, match=match):
         run.evaluate(c, str(tmp_path / "mid"))
     assert not (tmp_path / "mid").exists()
+
+
+def test_purification_step_size_from_the_config():
+    import types
+
+    from keras_ebm import robustness
+
+    model = types.SimpleNamespace(step_size=0.01)
+    c = midrun.get_config("smoke")
+    assert robustness.defended_classifier(c, model, None, 5).step_size == 0.01
+    c.defense.step_size = 0.03
+    d = robustness.defended_classifier(c, model, None, 5)
+    assert (d.step_size, d.num_steps) == (0.03, 5)

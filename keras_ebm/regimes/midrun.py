@@ -120,9 +120,16 @@ def export(config, workdir):
     model, step = training.load_trained(config, workdir, build)
     classifier = load_classifier(config.defense.classifier_workdir)
     evaluation.export(
-        config, workdir, model, step, purify_steps=config.defense.num_steps
+        config,
+        workdir,
+        model,
+        step,
+        purify_steps=config.defense.num_steps,
+        purify_step_size=config.defense.get("step_size") or None,
     )
-    defended = defense.DefendedClassifier(model, classifier, config.defense.num_steps)
+    defended = robustness.defended_classifier(
+        config, model, classifier, config.defense.num_steps
+    )
     path = os.path.join(workdir, "export_defended")
     defense.export_defended(defended, path)
     print(f"Defended classifier of step {step} written to {path}")
