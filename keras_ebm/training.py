@@ -1,5 +1,5 @@
-"""What every regime shares: config checks, model building, the workdir,
-checkpoints and resume, and the fit loop.
+"""What every regime shares: model building, the workdir, checkpoints and
+resume, and the fit loop (config checks: `keras_ebm.checks`, re-exported).
 
 A run directory holds `config.json`, `checkpoints/`, `tensorboard/` and
 `samples/`. Running the same command again resumes from the newest
@@ -16,151 +16,17 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import callbacks, data, distribute, networks
+from keras_ebm.checks import (  # noqa: F401  (regimes use them from here)
+    check_config,
+    check_frozen_generator,
+    is_run,
+    require,
+)
 from keras_ebm.errors import ConfigError
 from keras_ebm.models import EnergyModel
 from keras_ebm.sampling import SampleBank
 
 log = logging.getLogger("keras_ebm")
-
-
-# === Config checks ===
-
-
-def require(ok, field, message):
-    if not ok:
-        raise ConfigError(f"config.{field}: {message}")
-
-
-def check_config(config):
-    """Validates the fields every EBM regime uses, before anything is built
-    or written (a regime's own `check` adds its fields)."""
-    require(
-        config.data.name in data.NAMES,
-        "data.name",
-        f"unknown dataset {config.data.name!r}; known: {', '.join(data.NAMES)}",
-    )
-    require(config.data.image_size > 0, "data.image_size", "must be positive")
-    require(config.data.noise_std >= 0, "data.noise_std", "must be >= 0")
-    planned = networks.PLANNED.get(config.model.ebm)
-    require(
-        planned is None,
-        "model.ebm",
-        f"{config.model.ebm} is not built yet (it comes with {planned})",
-    )
-    require(
-        config.model.ebm in networks.NAMES,
-        "model.ebm",
-        f"unknown network {config.model.ebm!r}",
-    )
-    planned = networks.PLANNED.get(config.model.generator)
-    require(
-        planned is None,
-        "model.generator",
-        f"{config.model.generator} is not built yet (it comes with {planned}); "
-        "choose an SNGAN generator of the same size, e.g. "
-        "--config.model.generator=gen_sngan64 with its weights in "
-        "--config.generator.weights",
-    )
-    require(
-        not config.model.generator or config.model.generator in networks.NAMES,
-        "model.generator",
-        f"unknown network {config.model.generator!r}",
-    )
-    lv = config.langevin
-    require(
-        lv.num_steps >= 1, "langevin.num_steps", f"must be >= 1, got {lv.num_steps}"
-    )
-    require(
-        lv.step_size > 0, "langevin.step_size", f"must be positive, got {lv.step_size}"
-    )
-    require(
-        lv.temperature > 0,
-        "langevin.temperature",
-        f"must be positive, got {lv.temperature}",
-    )
-    require(lv.tau >= 0, "langevin.tau", "must be >= 0")
-    require(lv.max_drift_norm >= 0, "langevin.max_drift_norm", "must be >= 0")
-    require(
-        config.init.source in ("noise", "data", "generator"),
-        "init.source",
-        "must be noise, data or generator",
-    )
-    require(
-        config.init.source != "generator" or config.model.generator,
-        "init.source",
-        "'generator' needs config.model.generator",
-    )
-    tr = config.train
-    require(tr.batch_size >= 1, "train.batch_size", "must be >= 1")
-    if config.init.persistent:
-        require(
-            config.bank.size >= tr.batch_size,
-            "bank.size",
-            f"bank ({config.bank.size}) is smaller than the batch ({tr.batch_size})",
-        )
-    require(
-        0 <= config.bank.rejuvenation_prob <= 1,
-        "bank.rejuvenation_prob",
-        "must be in [0, 1]",
-    )
-    require(config.bank.max_updates >= 0, "bank.max_updates", "must be >= 0")
-    require(tr.num_steps >= 1, "train.num_steps", "must be >= 1")
-    require(
-        tr.log_every >= 1 and tr.num_steps % tr.log_every == 0,
-        "train.log_every",
-        "must divide train.num_steps",
-    )
-    for field in ("checkpoint_every", "image_every"):
-        every = tr[field]
-        require(
-            every >= 1 and every % tr.log_every == 0,
-            f"train.{field}",
-            "must be a positive multiple of train.log_every",
-        )
-    require(
-        str(tr.jit_compile) in ("auto", "on", "off"),
-        "train.jit_compile",
-        "must be auto, on or off",
-    )
-    require(
-        tr.strategy in ("default", "mirrored", "multi_worker", "tpu"),
-        "train.strategy",
-        "must be default, mirrored, multi_worker or tpu",
-    )
-    for field in ("ebm_lr", "gen_lr"):
-        steps, rates = config.optim[field].steps, config.optim[field].rates
-        require(
-            len(steps) == len(rates) > 0 and steps[0] == 0,
-            f"optim.{field}",
-            "needs as many steps as rates, the first at step 0",
-        )
-        require(all(v > 0 for v in rates), f"optim.{field}", "must be positive")
-        require(
-            list(steps) == sorted(set(steps)), f"optim.{field}", "steps must increase"
-        )
-    require(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
-
-
-def check_frozen_generator(config, dataset):
-    """A frozen generator as init source needs weights that exist: a run
-    directory, a `.weights.h5` file or a TF checkpoint prefix."""
-    if config.init.source != "generator" or config.generator.trainable:
-        return
-    path = config.generator.weights
-    require(
-        bool(path),
-        "generator.weights",
-        "a frozen generator needs weights: a shortrun run directory, a "
-        ".weights.h5 file or a TF checkpoint prefix",
-    )
-    exists = is_run(path) or os.path.isfile(path) or tf.io.gfile.exists(path + ".index")
-    require(
-        exists,
-        "generator.weights",
-        f"no trained generator at {path!r}; train one with `python train.py "
-        f"--regime=shortrun --dataset={dataset}` (its run directory is "
-        f"runs/shortrun/{dataset}) or pass a weights file",
-    )
 
 
 # === Building ===
@@ -243,13 +109,6 @@ def build_model(config, model_class=EnergyModel, **extra):
         jit_compile=jit,
     )
     return model
-
-
-def is_run(path):
-    """Whether `path` is a keras_ebm run directory (config + checkpoints)."""
-    return os.path.isfile(os.path.join(path, "config.json")) and bool(
-        callbacks.list_checkpoints(path)
-    )
 
 
 def network_of_run(workdir, attribute, build=None):
