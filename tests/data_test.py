@@ -107,3 +107,17 @@ def test_train_stream_position_is_a_function_of_the_step(start):
     assert len(set(first.tolist())) == 16
     second = np.concatenate([whole[2]["x"], whole[3]["x"]])[:, 0]
     assert not np.array_equal(first, second)
+
+
+def test_digits_classifier_split_is_disjoint_and_stratified():
+    from keras_ebm import data as data_lib
+
+    every, _ = data_lib.digits_split("train", 8)
+    fit, fit_labels = data_lib.digits_split("classifier_train", 8)
+    test, test_labels = data_lib.digits_split("test", 8)
+    assert (len(every), len(fit), len(test)) == (1797, 1437, 360)
+    rows = {r.tobytes() for r in fit}
+    assert not any(r.tobytes() in rows for r in test if (every == r).all(1).sum() == 1)
+    assert np.bincount(test_labels).min() >= 35  # every class held out
+    with pytest.raises(ValueError, match="unknown digits split"):
+        data_lib.digits_split("validation", 8)

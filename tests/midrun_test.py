@@ -107,3 +107,17 @@ def test_purification_step_size_from_the_config():
     c.defense.step_size = 0.03
     d = robustness.defended_classifier(c, model, None, 5)
     assert (d.step_size, d.num_steps) == (0.03, 5)
+
+
+def test_evaluation_sections_may_change_without_blocking_a_resume(tmp_path):
+    from keras_ebm import training
+
+    c = midrun.get_config("smoke")
+    (tmp_path / "config.json").write_text(c.to_json_best_effort())
+    c.attack.eps = 0.2
+    c.defense.num_steps = 9
+    c.eval.num_steps = 7
+    training.check_workdir(c, str(tmp_path))  # how it is evaluated: allowed
+    c.langevin.num_steps = 5
+    with pytest.raises(run.ConfigError, match="langevin.num_steps"):
+        training.check_workdir(c, str(tmp_path))
