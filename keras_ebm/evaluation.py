@@ -1,6 +1,7 @@
 """Evaluation shared by the EBM regimes: FID along one trajectory of
 Langevin chains, and the SavedModel export."""
 
+import glob
 import json
 import os
 
@@ -81,6 +82,12 @@ def fid_along_chains(config, workdir, model, step):
     )
     key = fid.settings_key(settings)
     state = os.path.join(out, f"trajectory_step{step}_{key}.npz")
+    # The same chains evaluated to other milestones: a finished shorter
+    # curve is continued (100K -> 1M steps), not restarted.
+    same_chains = fid.settings_key(
+        {k: v for k, v in settings.items() if k != "milestones"}
+    )
+    others = sorted(glob.glob(os.path.join(out, f"trajectory_step{step}_*.npz")))
     partial = {}
 
     def on_milestone(steps, value):
@@ -101,6 +108,8 @@ def fid_along_chains(config, workdir, model, step):
         state_path=state,
         chunk=ev.save_every,
         on_milestone=on_milestone,
+        identity=same_chains,
+        extend_from=[p for p in others if p != state and not p.endswith(".tmp.npz")],
     )
     results = run["fid"]
     # The floor: held-out real images (the next N of the same source)

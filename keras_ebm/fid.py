@@ -219,6 +219,8 @@ def trajectory_fid(
     chunk=1000,
     keep=64,
     on_milestone=None,
+    identity="",
+    extend_from=(),
 ):
     """FID at several step counts along the same Langevin chains.
 
@@ -230,7 +232,12 @@ def trajectory_fid(
     soon as the chains reach it (`on_milestone(steps, fid)`), and memory
     holds only the chain states and features. With `state_path` the chain
     states and features are saved after every chunk, so a killed evaluation
-    (even of 1M steps) resumes mid-chain.
+    (even of 1M steps) resumes mid-chain. A state saved by an evaluation
+    of the same chains (the same `identity`, `batch_size` and `chunk`) whose
+    milestones agree with these up to its step, found in `extend_from`, is
+    continued rather than restarted: a finished 100K-step curve extends to
+    1M steps, and the result equals the uninterrupted 1M-step run (the
+    chunks, hence the seeds, up to that step are the same).
 
     Returns:
         `{"fid": {milestone: fid}, "trace": [N, 3] (step, mean potential,
@@ -241,12 +248,19 @@ def trajectory_fid(
     num_batches = -(-num_samples // batch_size)
     last = milestones[-1]
     st = None
-    if state_path and os.path.exists(state_path):
-        with np.load(state_path) as f:
-            if list(f["milestones"]) == milestones and int(f["batch_size"]) == (
-                batch_size
+    meta = ("milestones", "batch_size", "chunk", "identity")
+    # Its own saved state first; else the furthest compatible other one.
+    for path in [state_path, *extend_from] if state_path else []:
+        if not os.path.exists(path):
+            continue
+        with np.load(path) as f:
+            same = path == state_path
+            if _continues(f, milestones, batch_size, chunk, identity, same) and (
+                st is None or int(f["step"]) > int(st["step"])
             ):
-                st = {k: f[k] for k in f.files if k not in ("milestones", "batch_size")}
+                st = {k: f[k] for k in f.files if k not in meta}
+        if st is not None and same:
+            break
     if st is None:
         st = {"step": 0, "trace": np.zeros((0, 3))}
         st["x"] = np.stack([np.asarray(sample_init(b)) for b in range(num_batches)])
@@ -254,7 +268,14 @@ def trajectory_fid(
     def save():
         if state_path:
             tmp = state_path + ".tmp.npz"
-            np.savez(tmp, milestones=milestones, batch_size=batch_size, **st)
+            np.savez(
+                tmp,
+                milestones=milestones,
+                batch_size=batch_size,
+                chunk=chunk,
+                identity=identity,
+                **st,
+            )
             os.replace(tmp, state_path)
 
     mu, sigma = data_stats
@@ -307,7 +328,28 @@ def trajectory_fid(
     for m in milestones:  # reached before a resume: not scored in this run
         results.setdefault(m, score(m))
     snapshots = {m: st[f"s{m}"] for m in milestones}
-    return {"fid": results, "trace": st["trace"], "snapshots": snapshots}
+    trace = st["trace"][st["trace"][:, 0] <= last]
+    return {"fid": results, "trace": trace, "snapshots": snapshots}
+
+
+def _continues(f, milestones, batch_size, chunk, identity, same_file):
+    """Whether the saved chain state `f` is a prefix of these chains.
+
+    Up to the saved step every chunk boundary is fixed by the milestones
+    at or below it and by `chunk`, so equal milestones there give the same
+    seeds and the same states as a run from step 0."""
+    if int(f["batch_size"]) != batch_size:
+        return False
+    if same_file and "identity" not in f.files:  # written before extension
+        return list(f["milestones"]) == milestones
+    if "identity" not in f.files or str(f["identity"]) != identity:
+        return False
+    if int(f["chunk"]) != chunk:
+        return False
+    # A state past the last milestone serves too: its features are saved.
+    upto = min(int(f["step"]), milestones[-1])
+    saved = [int(m) for m in f["milestones"]]
+    return [m for m in saved if m <= upto] == [m for m in milestones if m <= upto]
 
 
 def save_curve(results, path_png, title, floor=None):

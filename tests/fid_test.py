@@ -129,6 +129,50 @@ def test_trajectory_fid_approaches_the_target_and_resumes_mid_chain(tmp_path):
     assert calls == []
     assert again["fid"] == pytest.approx(curve)
 
+    # A finished shorter curve of the same chains is extended, not rerun
+    # (as 100K -> 1M steps): (0, 10, 110) continued to (0, 10, 110, 200)
+    # equals the uninterrupted (0, 10, 110, 200) run. Other chains
+    # (identity) or other milestones below the saved step start afresh.
+    def extend(path, milestones, chains="chains", extend_from=()):
+        return fid.trajectory_fid(
+            init,
+            advance,
+            identity,
+            stats,
+            2000,
+            500,
+            milestones,
+            state_path=str(tmp_path / path),
+            progress=False,
+            chunk=50,
+            identity=chains,
+            extend_from=[str(tmp_path / p) for p in extend_from],
+        )
+
+    full = extend("full.npz", (0, 10, 110, 200))
+    extend("short.npz", (0, 10, 110))
+    calls.clear()
+    longer = extend("long.npz", (0, 10, 110, 200), extend_from=["short.npz"])
+    assert sum(calls) == 4 * (200 - 110)
+    assert longer["fid"] == pytest.approx(full["fid"])
+    np.testing.assert_allclose(longer["trace"], full["trace"], rtol=1e-5)
+    assert (tmp_path / "short.npz").exists()  # the shorter run is kept
+    # And back: the 200-step state serves the (0, 10) curve with no work.
+    calls.clear()
+    back = extend("back.npz", (0, 10), extend_from=["long.npz"])
+    assert calls == []
+    assert back["fid"] == pytest.approx({m: full["fid"][m] for m in (0, 10)})
+    assert back["trace"][:, 0].tolist() == [10]
+    for i, kwargs in enumerate(
+        (
+            dict(chains="other chains", milestones=(0, 10, 110, 200)),
+            dict(milestones=(0, 20, 110, 200)),
+        )
+    ):
+        calls.clear()
+        extend(f"fresh{i}.npz", extend_from=["short.npz"], **kwargs)
+        assert sum(calls) == 4 * 200
+
 
 @pytest.mark.slow
 def test_classifier_then_evaluate_smoke_run(tmp_path):
