@@ -207,6 +207,7 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     def trajectories():
         return sorted(glob.glob(os.path.join(workdir, "eval", "trajectory_*.npz")))
 
+    before_step_size = trajectories()
     config.eval.step_size = 0.2
     other = run.evaluate(config, workdir)
     assert len(trajectories()) == 2
@@ -217,6 +218,21 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     again = run.evaluate(config, workdir)
     assert again["fid_along_chain"] == other["fid_along_chain"]
     assert len(trajectories()) == 2
+    # A longer evaluation of the same chains continues the finished one: its
+    # saved step-0 features (marked here) are reused, not recomputed.
+    (saved,) = set(trajectories()) - set(before_step_size)
+    with np.load(saved) as f:
+        state = dict(f)
+    state["f0"] = state["f0"] + 1.0
+    np.savez(saved, **state)
+    config.eval.num_steps, config.eval.milestones = 6, (0, 3, 6)
+    longer = run.evaluate(config, workdir)
+    assert len(trajectories()) == 3
+    assert longer["fid_along_chain"]["3"] == other["fid_along_chain"]["3"]
+    assert longer["fid_along_chain"]["0"] != pytest.approx(
+        other["fid_along_chain"]["0"]
+    )
+    config.eval.num_steps, config.eval.milestones = 3, (0, 3)
     # Other classifier weights: new data statistics, new features.
     clf = classify.load(clf_config, clf_dir)
     clf.set_weights([w * 1.5 for w in clf.get_weights()])
