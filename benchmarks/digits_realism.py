@@ -4,10 +4,12 @@ FID mixes two things the longrun claim keeps apart: whether samples stay
 realistic, and whether they keep covering the data. For a digits run
 evaluated with `evaluate.py` (FID along one trajectory), this reads the
 features that evaluation saved for all chains at every milestone and
-reports, against the same reference images:
+reports, against the same reference images (`evaluate.py` reports the
+first four itself, in `eval/realism.csv`; this adds the class counts and
+works on evaluations made before it did):
 
 - precision and recall (Kynkaanniemi et al. 2019) and density and coverage
-  (Naeem et al. 2020), from the `prdc` package, k = 5 nearest neighbours in
+  (Naeem et al. 2020), `keras_ebm.fid.realism`, k = 5 nearest neighbours in
   the digits classifier's feature space: precision / density measure how
   many samples lie on the real-data manifold (realism), recall / coverage how
   much of the data they reach;
@@ -40,12 +42,8 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
-    import contextlib
-    import io
-
     import ml_collections
     import numpy as np
-    import prdc
 
     from configs import classifier as clf_configs
     from keras_ebm import classify, data, fid
@@ -77,8 +75,7 @@ def main(_):
     held = np.concatenate([net(b) for b in np.array_split(images[n:], 4)])
 
     def manifold(fake):
-        with contextlib.redirect_stdout(io.StringIO()):  # prdc prints sizes
-            return prdc.compute_prdc(real, fake, FLAGS.nearest_k)
+        return fid.realism(real, fake, FLAGS.nearest_k)
 
     def classes(x):
         p = clf.predict(x, batch_size=256, verbose=0)

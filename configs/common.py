@@ -121,6 +121,9 @@ def get_base_config():
             num_steps=40,  # Langevin steps of the headline FID
             milestones=(0, 10, 40, 100, 300, 1000),  # FID along the chains
             save_every=1000,  # chain states saved every so many steps (resume)
+            # k of the precision/recall/density/coverage manifolds reported
+            # beside FID at every milestone (realism vs coverage); 0 = off.
+            realism_k=5,
             mala=False,  # toy2d: also MALA chains (tfp), exact for exp(-U)
             step_size=1e-2,
             temperature=1e-4,

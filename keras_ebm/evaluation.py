@@ -116,6 +116,18 @@ def fid_along_chains(config, workdir, model, step):
     # against the reference set; no model can do better at this N.
     floor = real_floor(images[ev.num_samples :], net, stats, cache)
     headline = results[ev.num_steps]
+    realism, names = {}, ("precision", "recall", "density", "coverage")
+    k = ev.get("realism_k", 0)
+    if k and ev.num_samples > k:
+        # Realism (precision, density) apart from coverage (recall,
+        # coverage): FID mixes them, the longrun claim is about the first.
+        real = fid.reference_features(
+            images[: ev.num_samples], net, cache[: -len(".npz")] + "_features.npz"
+        )
+        realism = {str(m): fid.realism(real, f, k) for m, f in run["features"].items()}
+        held_out = images[ev.num_samples :]
+        if len(held_out) > k:
+            realism["real data"] = fid.realism(real, net(held_out), k)
     summary = {
         "checkpoint_step": step,
         "settings": {**settings, **data_settings},
@@ -123,14 +135,21 @@ def fid_along_chains(config, workdir, model, step):
         "num_samples": ev.num_samples,
         "eval_steps": ev.num_steps,
         "fid": headline,
-        "fid_along_chain": {str(k): v for k, v in results.items()},
+        "fid_along_chain": {str(m): v for m, v in results.items()},
         "fid_real_floor": floor,
+        "realism_k": k,
+        "realism_along_chain": realism,
     }
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(out, "fid_curve.csv"), "w") as f:
         f.write("langevin_steps,fid\n")
-        f.writelines(f"{k},{v:.6f}\n" for k, v in sorted(results.items()))
+        f.writelines(f"{m},{v:.6f}\n" for m, v in sorted(results.items()))
+    if realism:
+        with open(os.path.join(out, "realism.csv"), "w") as f:
+            f.write("langevin_steps," + ",".join(names) + "\n")
+            for row, r in realism.items():
+                f.write(row + "," + ",".join(f"{r[n]:.6f}" for n in names) + "\n")
     fid.save_curve(
         results,
         os.path.join(out, "fid_curve.png"),
@@ -146,15 +165,28 @@ def fid_along_chains(config, workdir, model, step):
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", "eval"))
     with writer.as_default(step=step):
         tf.summary.scalar(f"fid/{net.name}", headline)
-        for k, v in results.items():
-            tf.summary.scalar(f"fid_along_chain/{net.name}/{k:06d}", v)
+        for m, v in results.items():
+            tf.summary.scalar(f"fid_along_chain/{net.name}/{m:06d}", v)
+            for name, value in realism.get(str(m), {}).items():
+                tf.summary.scalar(f"{name}_along_chain/{net.name}/{m:06d}", value)
     writer.flush()
-    print(f"\n{'Langevin steps':>15} | FID ({net.name}, {ev.num_samples} samples)")
-    for k, v in sorted(results.items()):
-        mark = "  <- eval.num_steps" if k == ev.num_steps else ""
-        print(f"{k:>15} | {v:10.3f}{mark}")
+    head = f"FID ({net.name}, {ev.num_samples} samples)"
+    if realism:
+        head += f" | precision  recall  density  coverage (k {k})"
+    print(f"\n{'Langevin steps':>15} | {head}")
+
+    def cells(row):
+        r = realism.get(row)
+        return " | " + "  ".join(f"{r[n]:8.3f}" for n in names) if r else ""
+
+    for m, v in sorted(results.items()):
+        mark = "  <- eval.num_steps" if m == ev.num_steps else ""
+        print(f"{m:>15} | {v:10.3f}{cells(str(m))}{mark}")
     if floor is not None:
-        print(f"{'real data':>15} | {floor:10.3f}  (held-out images: the floor)")
+        print(
+            f"{'real data':>15} | {floor:10.3f}{cells('real data')}"
+            "  (held-out images: the floor)"
+        )
     return summary
 
 

@@ -206,6 +206,42 @@ def data_statistics(images, net, cache_path=None):
     return mu, sigma
 
 
+def reference_features(images, net, cache_path=None):
+    """Features of the reference images (for `realism`), cached as `.npz`."""
+    if cache_path and os.path.exists(cache_path):
+        with np.load(cache_path) as f:
+            return f["features"]
+    features = net(images)
+    if cache_path:
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        np.savez(cache_path, features=features)
+    return features
+
+
+def realism(real, fake, nearest_k=5):
+    """Precision, recall, density and coverage of `fake` against `real`
+    features (Kynkaanniemi et al. 2019; Naeem et al. 2020; the `prdc`
+    package).
+
+    With B_k(r) the ball around a real feature r reaching its k-th nearest
+    real neighbour: precision = share of fakes in some B_k(r) (realism),
+    density = mean number of such balls per fake / k, coverage = share of
+    reals whose B_k(r) holds a fake; recall = share of reals inside some
+    fake's k-NN ball. FID mixes realism and coverage; these separate them.
+    """
+    import contextlib
+    import io
+
+    import prdc
+
+    names = ("precision", "recall", "density", "coverage")
+    if not np.isfinite(fake).all():  # diverged chains, as for FID
+        return dict.fromkeys(names, float("nan"))
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the sizes
+        out = prdc.compute_prdc(np.asarray(real), np.asarray(fake), nearest_k)
+    return {k: float(out[k]) for k in names}
+
+
 def trajectory_fid(
     sample_init,
     advance,
@@ -242,7 +278,7 @@ def trajectory_fid(
     Returns:
         `{"fid": {milestone: fid}, "trace": [N, 3] (step, mean potential,
         mean drift norm) of the first batch, "snapshots": {milestone: its
-        first `keep` states}}`.
+        first `keep` states}, "features": {milestone: [num_samples, D]}}`.
     """
     milestones = sorted(set(int(m) for m in milestones))
     num_batches = -(-num_samples // batch_size)
@@ -329,7 +365,13 @@ def trajectory_fid(
         results.setdefault(m, score(m))
     snapshots = {m: st[f"s{m}"] for m in milestones}
     trace = st["trace"][st["trace"][:, 0] <= last]
-    return {"fid": results, "trace": trace, "snapshots": snapshots}
+    features = {m: st[f"f{m}"][:num_samples] for m in milestones}
+    return {
+        "fid": results,
+        "trace": trace,
+        "snapshots": snapshots,
+        "features": features,
+    }
 
 
 def _continues(f, milestones, batch_size, chunk, identity, same_file):

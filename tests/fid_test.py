@@ -60,6 +60,24 @@ def test_inception_graph_errors(tmp_path):
         fid.load_inception_graph(str(wrong))
 
 
+def test_realism_separates_realism_from_coverage():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 2))
+    same = fid.realism(real, rng.normal(size=(400, 2)))
+    # One half of the data only: realistic, half the coverage.
+    half = rng.normal(size=(800, 2))
+    half = half[half[:, 0] > 0][:400]
+    part = fid.realism(real, half)
+    off = fid.realism(real, rng.normal(size=(400, 2)) + 6.0)
+    assert same["precision"] > 0.9 and same["recall"] > 0.9
+    assert same["coverage"] > 0.9 and 0.7 < same["density"] < 1.3
+    assert part["precision"] > 0.9 and 0.4 < part["coverage"] < 0.65
+    assert part["recall"] < 0.75
+    assert off == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    nan = fid.realism(real, np.full((400, 2), np.nan))
+    assert all(np.isnan(v) for v in nan.values())
+
+
 class Killed(Exception):
     pass
 
@@ -191,6 +209,11 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     assert set(summary["fid_along_chain"]) == {"0", "3"}
     assert np.isfinite(summary["fid"])
     assert np.isfinite(summary["fid_real_floor"])
+    realism = summary["realism_along_chain"]
+    assert set(realism) == {"0", "3", "real data"}
+    for row in realism.values():
+        assert set(row) == {"precision", "recall", "density", "coverage"}
+        assert all(0.0 <= row[n] <= 1.0 for n in ("precision", "recall", "coverage"))
     for name in (
         "results.json",
         "fid_curve.csv",
@@ -198,6 +221,7 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
         "samples_000003.png",
         "chain_trace.csv",
         "chain_trace.png",
+        "realism.csv",
     ):
         assert os.path.exists(os.path.join(workdir, "eval", name)), name
     assert os.listdir(os.path.join(workdir, "fid_cache"))
@@ -242,7 +266,9 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     other_size = clf_configs.get_config("smoke")  # 16x16
     with pytest.raises(run.ConfigError, match="takes 8x8x1 images, not 16x16x1"):
         classify.load(other_size, clf_dir)
-    assert len(glob.glob(os.path.join(workdir, "fid_cache", "*.npz"))) == 2
+    caches = glob.glob(os.path.join(workdir, "fid_cache", "*.npz"))
+    features = [c for c in caches if c.endswith("_features.npz")]
+    assert len(caches) - len(features) == 2 and len(features) == 2
     assert changed["fid_along_chain"]["0"] != other["fid_along_chain"]["0"]
 
 
