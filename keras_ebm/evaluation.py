@@ -114,20 +114,20 @@ def fid_along_chains(config, workdir, model, step):
     results = run["fid"]
     # The floor: held-out real images (the next N of the same source)
     # against the reference set; no model can do better at this N.
-    floor = real_floor(images[ev.num_samples :], net, stats, cache)
-    headline = results[ev.num_steps]
     realism, names = {}, ("precision", "recall", "density", "coverage")
     k = ev.get("realism_k", 0)
+    real = None
     if k and ev.num_samples > k:
         # Realism (precision, density) apart from coverage (recall,
         # coverage): FID mixes them, the longrun claim is about the first.
-        real = fid.reference_features(
-            images[: ev.num_samples], net, cache[: -len(".npz")] + "_features.npz"
-        )
+        real = fid.reference_features(images[: ev.num_samples], net, cache)
         realism = {str(m): fid.realism(real, f, k) for m, f in run["features"].items()}
-        held_out = images[ev.num_samples :]
-        if len(held_out) > k:
-            realism["real data"] = fid.realism(real, net(held_out), k)
+    floor, real_realism = real_floor(
+        images[ev.num_samples :], net, stats, cache, real, k
+    )
+    if real_realism:
+        realism["real data"] = real_realism
+    headline = results[ev.num_steps]
     summary = {
         "checkpoint_step": step,
         "settings": {**settings, **data_settings},
@@ -190,21 +190,30 @@ def fid_along_chains(config, workdir, model, step):
     return summary
 
 
-def real_floor(held_out, net, stats, cache):
-    """FID of held-out real images against the reference statistics (cached
-    beside them), or None when fewer than 2 images are left."""
+def real_floor(held_out, net, stats, cache, real=None, k=0):
+    """FID of held-out real images against the reference statistics and,
+    given the reference features `real`, their `fid.realism` at `k` (both
+    cached beside the statistics): `(fid, realism)`, None for what fewer
+    than 2 (k + 1) held-out images cannot give."""
     path = cache[: -len(".npz")] + "_floor.json"
+    floor = {}
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)["fid"]
-    if len(held_out) < 2:
-        return None
-    value = metrics.fid_from_statistics(
-        *metrics.activation_statistics(net(held_out)), *stats
+            floor = json.load(f)
+    want_realism = real is not None and len(held_out) > k
+    key = f"realism_k{k}"
+    if ("fid" in floor or len(held_out) < 2) and (key in floor or not want_realism):
+        return floor.get("fid"), floor.get(key)
+    features = net(held_out)
+    floor["fid"] = metrics.fid_from_statistics(
+        *metrics.activation_statistics(features), *stats
     )
+    floor["num_images"] = len(held_out)
+    if want_realism:
+        floor[key] = fid.realism(real, features, k)
     with open(path, "w") as f:
-        json.dump({"fid": value, "num_images": len(held_out)}, f)
-    return value
+        json.dump(floor, f)
+    return floor["fid"], floor.get(key)
 
 
 def save_trace(trace, prefix, step):

@@ -194,28 +194,35 @@ def backbone(config):
 # === Statistics ===
 
 
-def data_statistics(images, net, cache_path=None):
-    """`(mu, sigma)` of the data features, cached as an `.npz` file."""
+def _reference(images, net, cache_path, need_features):
+    """The reference set's features and their `(mu, sigma)`, from or into
+    the `.npz` cache (features added to a cache that lacks them)."""
+    ref = {}
     if cache_path and os.path.exists(cache_path):
         with np.load(cache_path) as f:
-            return f["mu"], f["sigma"]
-    mu, sigma = metrics.activation_statistics(net(images))
+            ref = {k: f[k] for k in f.files}
+    if "mu" in ref and ("features" in ref or not need_features):
+        return ref
+    ref["features"] = net(images)
+    if "mu" not in ref:
+        ref["mu"], ref["sigma"] = metrics.activation_statistics(ref["features"])
     if cache_path:
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        np.savez(cache_path, mu=mu, sigma=sigma)
-    return mu, sigma
+        np.savez(cache_path, **ref)
+    return ref
+
+
+def data_statistics(images, net, cache_path=None):
+    """`(mu, sigma)` of the data features, cached (with the features) as an
+    `.npz` file."""
+    ref = _reference(images, net, cache_path, need_features=False)
+    return ref["mu"], ref["sigma"]
 
 
 def reference_features(images, net, cache_path=None):
-    """Features of the reference images (for `realism`), cached as `.npz`."""
-    if cache_path and os.path.exists(cache_path):
-        with np.load(cache_path) as f:
-            return f["features"]
-    features = net(images)
-    if cache_path:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        np.savez(cache_path, features=features)
-    return features
+    """The data features (for `realism`), from the same cache as
+    `data_statistics`."""
+    return _reference(images, net, cache_path, need_features=True)["features"]
 
 
 def realism(real, fake, nearest_k=5):

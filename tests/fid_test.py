@@ -214,6 +214,8 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     for row in realism.values():
         assert set(row) == {"precision", "recall", "density", "coverage"}
         assert all(0.0 <= row[n] <= 1.0 for n in ("precision", "recall", "coverage"))
+    # Samples of a smoke model are not the reference images themselves.
+    assert realism["0"]["precision"] < 1.0 and realism["3"]["precision"] < 1.0
     for name in (
         "results.json",
         "fid_curve.csv",
@@ -266,9 +268,7 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     other_size = clf_configs.get_config("smoke")  # 16x16
     with pytest.raises(run.ConfigError, match="takes 8x8x1 images, not 16x16x1"):
         classify.load(other_size, clf_dir)
-    caches = glob.glob(os.path.join(workdir, "fid_cache", "*.npz"))
-    features = [c for c in caches if c.endswith("_features.npz")]
-    assert len(caches) - len(features) == 2 and len(features) == 2
+    assert len(glob.glob(os.path.join(workdir, "fid_cache", "*.npz"))) == 2
     assert changed["fid_along_chain"]["0"] != other["fid_along_chain"]["0"]
 
 
