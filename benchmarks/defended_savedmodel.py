@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_ebm import attack, cli, robustness, run  # noqa: E402
+from keras_ebm import cli, run  # noqa: E402
+from keras_ebm.defense import attack, report  # noqa: E402
 from tests.standalone import run_without_keras_ebm  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 32, "images per predict call")
@@ -34,7 +35,7 @@ def main(argv):
         run.export(config, workdir)
     with open(os.path.join(workdir, "eval", "attack", "results.json")) as f:
         reported = json.load(f)
-    images, labels = robustness.test_set(config)
+    images, labels = report.test_set(config)
     h = config.attack.def_replicates
     with tempfile.TemporaryDirectory() as tmp:
         import numpy as np

@@ -11,7 +11,7 @@ from cleverhans.tf2.attacks.projected_gradient_descent import (
     projected_gradient_descent,
 )
 
-from keras_ebm import attack, defense
+from keras_ebm.defense import attack, purify
 from keras_ebm.models import EnergyModel
 from tests.linear_nets import HalfSquare, LinearEnergy
 
@@ -36,7 +36,7 @@ def defended(clf, num_steps, energy=None, step_size=0.2, temperature=1.0):
         step_size=step_size,
         temperature=temperature,
     )
-    return defense.DefendedClassifier(model, clf, num_steps)
+    return purify.DefendedClassifier(model, clf, num_steps)
 
 
 def inputs(n=16, seed=1):
@@ -118,7 +118,7 @@ def test_bpda_gradient_is_straight_through_and_grad_steps_exact():
 
 
 def test_verification_decides_and_breaks_stay_broken():
-    class Split(defense.DefendedClassifier):
+    class Split(purify.DefendedClassifier):
         """The attack replicates always misclassify; verification is correct
         for images whose first coordinate is positive."""
 
@@ -198,15 +198,15 @@ def test_bad_settings_are_refused():
 
 
 def test_worst_case_counts_an_image_robust_only_if_every_attack_failed():
-    from keras_ebm import robustness
+    from keras_ebm.defense import report
 
     runs = [
         dict(name="a", per_image_robust=[1, 1, 0, 1]),
         dict(name="b", per_image_robust=[1, 0, 1, 1]),
     ]
-    worst = robustness.worst_case(runs)
+    worst = report.worst_case(runs)
     assert worst["robust_accuracy"] == 0.5 and worst["attacks"] == ["a", "b"]
     # An attack run on the first images only: the worst case over those.
     runs.append(dict(name="c", per_image_robust=[0, 1]))
-    assert robustness.worst_case(runs)["robust_accuracy"] == 0.0
-    assert robustness.worst_case(runs)["num_images"] == 2
+    assert report.worst_case(runs)["robust_accuracy"] == 0.0
+    assert report.worst_case(runs)["num_images"] == 2

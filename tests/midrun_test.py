@@ -99,13 +99,13 @@ def test_bad_attack_settings_stop_before_anything_runs(tmp_path, field, value, m
 def test_purification_step_size_from_the_config():
     import types
 
-    from keras_ebm import robustness
+    from keras_ebm.defense import report
 
     model = types.SimpleNamespace(step_size=0.01)
     c = midrun.get_config("smoke")
-    assert robustness.defended_classifier(c, model, None, 5).step_size == 0.01
+    assert report.defended_classifier(c, model, None, 5).step_size == 0.01
     c.defense.step_size = 0.03
-    d = robustness.defended_classifier(c, model, None, 5)
+    d = report.defended_classifier(c, model, None, 5)
     assert (d.step_size, d.num_steps) == (0.03, 5)
 
 

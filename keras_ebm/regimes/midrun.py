@@ -2,8 +2,8 @@
 `EnergyModel` with a persistent bank rejuvenated rarely from a frozen
 generator or from data, no lifetime cap and an annealed learning rate,
 trained with the shared loop; evaluated by BPDA+EOT attacks on the defended
-classifier (`keras_ebm.robustness`); exported with a defended classifier
-(`keras_ebm.defense`)."""
+classifier (`keras_ebm.defense.report`); exported with a defended classifier
+(`keras_ebm.defense.purify`)."""
 
 import json
 import os
@@ -12,7 +12,8 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from keras_ebm import classify, defense, evaluation, robustness, training
+from keras_ebm import classify, evaluation, training
+from keras_ebm.defense import purify, report
 from keras_ebm.regimes import common
 from keras_ebm.regimes.shortrun import build
 
@@ -46,7 +47,7 @@ def evaluate(config, workdir):
     check_attack(config)
     model, step = training.load_trained(config, workdir, build)
     classifier = load_classifier(config.defense.classifier_workdir)
-    return robustness.report(config, workdir, model, classifier, step)
+    return report.report(config, workdir, model, classifier, step)
 
 
 def check_attack(config):
@@ -127,10 +128,10 @@ def export(config, workdir):
         purify_steps=config.defense.num_steps,
         purify_step_size=config.defense.get("step_size") or None,
     )
-    defended = robustness.defended_classifier(
+    defended = report.defended_classifier(
         config, model, classifier, config.defense.num_steps
     )
     path = os.path.join(workdir, "export_defended")
-    defense.export_defended(defended, path)
+    purify.export_defended(defended, path)
     print(f"Defended classifier of step {step} written to {path}")
     return path

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import defense
+from keras_ebm.defense import purify
 from keras_ebm.models import EnergyModel
 from tests.linear_nets import LinearEnergy
 from tests.standalone import run_without_keras_ebm
@@ -22,7 +22,7 @@ def defended(num_steps, w=None, step_size=0.2):
         [keras.Input((D,)), keras.layers.Dense(C, use_bias=False)]
     )
     classifier.layers[0].kernel.assign(m)
-    return defense.DefendedClassifier(model, classifier, num_steps), m
+    return purify.DefendedClassifier(model, classifier, num_steps), m
 
 
 def test_replicates_are_averaged_per_image():
@@ -51,7 +51,7 @@ def test_purification_runs_k_def_steps_at_its_step_size():
 @pytest.mark.slow
 def test_defended_savedmodel_without_keras_ebm(tmp_path):
     d, m = defended(num_steps=2)
-    path = defense.export_defended(d, str(tmp_path / "export_defended"))
+    path = purify.export_defended(d, str(tmp_path / "export_defended"))
     x = np.random.default_rng(1).normal(size=(3, D)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     out = run_without_keras_ebm(

@@ -15,7 +15,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import attack, data, defense
+from keras_ebm import data
+from keras_ebm.defense import attack, purify
 
 
 def settings_of(config, **override):
@@ -48,7 +49,7 @@ def defended_classifier(config, model, classifier, num_steps):
     """`classifier` behind `num_steps` purification steps at
     `defense.step_size` (0: the training eps)."""
     step_size = config.defense.get("step_size") or None
-    return defense.DefendedClassifier(model, classifier, num_steps, step_size)
+    return purify.DefendedClassifier(model, classifier, num_steps, step_size)
 
 
 def run_attack(name, defended, images, labels, settings, out, config, step):
@@ -59,12 +60,12 @@ def run_attack(name, defended, images, labels, settings, out, config, step):
     a = config.attack
     # A purification step size other than the training one is part of the
     # name (the default's names stay those of earlier evaluations).
-    purify = {}
+    extra = {}
     if defended.num_steps and defended.step_size != defended.model.step_size:
-        purify["purify_step_size"] = float(defended.step_size)
+        extra["purify_step_size"] = float(defended.step_size)
     key = attack.settings_key(
         settings,
-        **purify,
+        **extra,
         k_def=int(defended.num_steps),
         checkpoint_step=int(step),
         split=a.split,
@@ -111,7 +112,7 @@ def report(config, workdir, model, classifier, step):
     k_def = config.defense.num_steps
     started = time.perf_counter()
     attacks = {}
-    plain = defense.DefendedClassifier(model, classifier, 0)  # no purification
+    plain = purify.DefendedClassifier(model, classifier, 0)  # no purification
     # The undefended classifier under the same PGD (one replicate: it is
     # deterministic).
     attacks["undefended"] = run_attack(
