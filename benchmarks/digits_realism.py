@@ -9,7 +9,7 @@ first four itself, in `eval/realism.csv`; this adds the class counts and
 works on evaluations made before it did):
 
 - precision and recall (Kynkaanniemi et al. 2019) and density and coverage
-  (Naeem et al. 2020), `keras_ebm.fid.realism`, k = 5 nearest neighbours in
+  (Naeem et al. 2020), `keras_ebm.evaluation.fid.realism`, k = 5 nearest neighbours in
   the digits classifier's feature space: precision / density measure how
   many samples lie on the real-data manifold (realism), recall / coverage how
   much of the data they reach;
@@ -46,7 +46,8 @@ def main(_):
     import numpy as np
 
     from configs import classifier as clf_configs
-    from keras_ebm import classify, data, fid
+    from keras_ebm import classify, data
+    from keras_ebm.evaluation import fid
 
     with open(os.path.join(FLAGS.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))

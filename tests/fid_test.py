@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from configs import classifier as clf_configs
 from configs import shortrun
-from keras_ebm import classify, fid, metrics, run
+from keras_ebm import classify, run
+from keras_ebm.evaluation import fid, metrics
 from keras_ebm.sampling import langevin, potential
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from keras_ebm import metrics
+from keras_ebm.evaluation import metrics
 
 
 def reference_fid(a, b):

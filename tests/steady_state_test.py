@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from configs import longrun, shortrun
-from keras_ebm import run, steady_state
+from keras_ebm import run
+from keras_ebm.evaluation import steady_state
 
 
 def gaussian_grid(mean, sigma, limit=4.6):

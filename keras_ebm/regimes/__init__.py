@@ -5,8 +5,8 @@ functions: `check(config)`, `build(config)` (EBM regimes),
 `train(config, workdir)`, `evaluate(config, workdir)` and
 `export(config, workdir)`. What they share (checks, model building, the
 workdir, checkpoints, resume, the fit loop) is in `keras_ebm.training`;
-evaluation they share in `keras_ebm.evaluation`. Each regime has a config
-file `configs/<regime>.py`.
+evaluation they share in `keras_ebm.evaluation` and `keras_ebm.defense`.
+Each regime has a config file `configs/<regime>.py`.
 """
 
 from keras_ebm.regimes import classifier, longrun, midrun, prior, shortrun

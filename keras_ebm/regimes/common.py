@@ -1,7 +1,8 @@
 """What the EBM regimes' modules share: train, evaluate and export built
 from a regime's own `check` and `build`."""
 
-from keras_ebm import evaluation, training
+from keras_ebm import training
+from keras_ebm.evaluation import chains
 
 
 def entry_points(check, build):
@@ -18,10 +19,10 @@ def entry_points(check, build):
     def evaluate(config, workdir):
         training.check_config(config)
         model, step = training.load_trained(config, workdir, build)
-        return evaluation.evaluate_model(config, workdir, model, step)
+        return chains.evaluate_model(config, workdir, model, step)
 
     def export(config, workdir):
         model, step = training.load_trained(config, workdir, build)
-        return evaluation.export(config, workdir, model, step)
+        return chains.export(config, workdir, model, step)
 
     return train, evaluate, export

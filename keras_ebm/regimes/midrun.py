@@ -12,8 +12,9 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from keras_ebm import classify, evaluation, training
+from keras_ebm import classify, training
 from keras_ebm.defense import purify, report
+from keras_ebm.evaluation import chains
 from keras_ebm.regimes import common
 from keras_ebm.regimes.shortrun import build
 
@@ -120,7 +121,7 @@ def export(config, workdir):
     and `<workdir>/export_defended` (`classify`, `purify`, `predict`)."""
     model, step = training.load_trained(config, workdir, build)
     classifier = load_classifier(config.defense.classifier_workdir)
-    evaluation.export(
+    chains.export(
         config,
         workdir,
         model,

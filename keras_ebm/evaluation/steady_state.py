@@ -13,7 +13,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, data, fid
+from keras_ebm import callbacks, data
+from keras_ebm.evaluation import fid
 
 # The ancestors' grids: +-(largest radius + 4 sigma), 200 x 200 points.
 TOY_LIMITS = {"gmm": 1.6, "rings": 4.6}

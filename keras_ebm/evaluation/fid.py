@@ -19,7 +19,7 @@ import tarfile
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import metrics
+from keras_ebm.evaluation import metrics
 
 INCEPTION_URL = (
     "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"

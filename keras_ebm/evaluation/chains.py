@@ -8,8 +8,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, data, fid, metrics
+from keras_ebm import callbacks, data
 from keras_ebm import export as export_lib
+from keras_ebm.evaluation import fid, metrics
 from keras_ebm.training import ConfigError
 
 
@@ -265,7 +266,7 @@ def export(config, workdir, model, step, **purify):
 def evaluate_model(config, workdir, model, step):
     """toy2d: the exact steady state; image datasets: FID along the chains."""
     if config.data.name == "toy2d":
-        from keras_ebm import steady_state
+        from keras_ebm.evaluation import steady_state
 
         return steady_state.toy2d_steady_state(config, workdir, model, step)
     return fid_along_chains(config, workdir, model, step)
