@@ -8,10 +8,14 @@ classifier `F(x) = argmax_c (1/H) sum_h f(T_h(x))_c`:
   `L(x) = CE(y, (1/H_adv) sum_h f(T_h(x)))` (the paper's eq. 8);
 - BPDA: purification `T` is taken as the identity in the backward pass, so
   `dL/dx = sum_h dL/dT_h(x)` (straight-through). With `grad_steps = m > 0`
-  the last m Langevin steps are differentiated exactly instead (a stronger
-  adaptive attack: BPDA alone has been criticized as too weak for
-  purifiers); `loss="margin"` ascends `max_{c != y} z_c - z_y` instead of
-  the cross-entropy;
+  the last m Langevin steps are differentiated exactly instead, and with
+  m = K_def the whole purification: the full-gradient attack (BPDA alone has
+  been criticized as too weak for purifiers; Du, Hill & Cai 2026, MEFA).
+  The exact part is checkpointed: the chain is kept every S ~ sqrt(m)
+  steps, and the backward pass recomputes one segment at a time with the
+  very noise of the forward pass, so memory grows with sqrt(m), not m.
+  `loss="margin"` ascends `max_{c != y} z_c - z_y` instead of the
+  cross-entropy;
 - the record is monotone per image, as the reference's `attack.py`: row 0
   verifies every natural image with `H_def` replicates; at each of the
   `num_steps + 1` PGD iterates an image whose `H_adv` replicates are
@@ -24,6 +28,7 @@ purification off and H = 1 the attack is cleverhans' PGD (tested).
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -50,7 +55,10 @@ class AttackSettings:
         def_replicates: H_def, replicates per verification.
         random_start: start uniformly in the ball (cleverhans' draw).
         loss: "ce" (the reference) or "margin".
-        grad_steps: last Langevin steps differentiated exactly (0 = BPDA).
+        grad_steps: last Langevin steps differentiated exactly (0 = BPDA;
+            K_def or more = the full gradient).
+        checkpoint_every: segment length S of the exact part's
+            checkpoints; 0 = ceil(sqrt(grad_steps)).
     """
 
     eps: float
@@ -62,6 +70,7 @@ class AttackSettings:
     random_start: bool = True
     loss: str = "ce"
     grad_steps: int = 0
+    checkpoint_every: int = 0
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -72,8 +81,8 @@ class AttackSettings:
             raise ValueError(
                 f"need 0 < step_size <= eps, got {self.step_size} and {self.eps}"
             )
-        if self.num_steps < 0 or self.grad_steps < 0:
-            raise ValueError("num_steps and grad_steps must be >= 0")
+        if min(self.num_steps, self.grad_steps, self.checkpoint_every) < 0:
+            raise ValueError("num_steps, grad_steps and checkpoint_every must be >= 0")
         if self.adv_replicates < 1 or self.def_replicates < 1:
             raise ValueError("adv_replicates and def_replicates must be >= 1")
 
@@ -92,26 +101,100 @@ def attack_loss(logits, labels, kind):
     return tf.reduce_max(others, axis=-1) - true
 
 
+def segment_length(num_steps, checkpoint_every=0):
+    """S: the checkpoint spacing of an exact gradient through `num_steps`
+    Langevin steps (`checkpoint_every`, or ceil(sqrt(num_steps)), which
+    minimizes the number of checkpoints plus the length of one segment)."""
+    if checkpoint_every > 0:
+        return int(checkpoint_every)
+    return max(1, int(np.ceil(np.sqrt(num_steps))))
+
+
+def checkpointed_vjp(step_fn, x, num_steps, segment, loss_fn):
+    """`(loss_fn(x_m), d sum(loss_fn(x_m)) / dx)` for the chain
+    `x_{i+S} = step_fn(x_i, i, S)` of `num_steps` = m steps, exactly, in
+    memory O(m / S + S) chain states instead of O(m).
+
+    Forward: run the chain without a tape and keep `x_0, x_S, x_2S, ...`.
+    Backward: for each segment, last first, re-run it from its checkpoint
+    under a tape and pull the gradient back through it (the vector-Jacobian
+    product of the segment, second order through the Langevin drift).
+    `step_fn(x, first, n)` must be a deterministic function of its
+    arguments (stateless noise of steps `first .. first + n - 1`), so the
+    recomputed segment is the forward one.
+
+    Returns:
+        `(value, grad)`: `loss_fn` of the last state (any structure, e.g.
+        `(per-image loss, logits)`; the gradient is taken of its first
+        element's sum) and the gradient with respect to `x`.
+    """
+    num_segments = -(-num_steps // segment)
+
+    def length(j):
+        return tf.minimum(segment, num_steps - j * segment)
+
+    checkpoints = tf.TensorArray(x.dtype, size=num_segments, element_shape=x.shape)
+
+    def forward(j, x, checkpoints):
+        checkpoints = checkpoints.write(j, x)
+        return j + 1, step_fn(x, j * segment, length(j)), checkpoints
+
+    _, x_last, checkpoints = tf.while_loop(
+        lambda j, *_: j < num_segments,
+        forward,
+        (tf.constant(0), x, checkpoints),
+    )
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(x_last)
+        value = loss_fn(x_last)
+        total = tf.reduce_sum(value[0])
+    grad = tape.gradient(total, x_last)
+
+    def backward(j, grad):
+        x_j = checkpoints.read(j)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x_j)
+            x_next = step_fn(x_j, j * segment, length(j))
+        return j - 1, tape.gradient(x_next, x_j, output_gradients=grad)
+
+    _, grad = tf.while_loop(
+        lambda j, _: j >= 0, backward, (tf.constant(num_segments - 1), grad)
+    )
+    return value, grad
+
+
 def eot_logits_and_grad(defended, x, labels, settings, seed):
     """Replicate-averaged logits `[B, classes]` of `f(T(x))` over H_adv
-    replicates, and the attack gradient `dL/dx` (BPDA straight through the
-    first `K_def - grad_steps` Langevin steps, exact through the rest)."""
+    replicates, and the attack gradient `dL/dx`: BPDA (straight through)
+    for the first `K_def - m` Langevin steps, exact (checkpointed) for the
+    last m = `grad_steps`; all K_def steps form one chain drawn from
+    `seed`, whatever m, so the purification is the same for every m."""
     h = settings.adv_replicates
-    k = defended.num_steps
+    k = int(defended.num_steps)
     m = min(settings.grad_steps, k)
     x_rep = tf.repeat(x, h, axis=0)
-    # The BPDA part runs outside the tape: nothing of it is kept for the
-    # backward pass, so memory does not grow with K_def.
-    head = tf.stop_gradient(defended.purify(x_rep, _fold(seed, 0), num_steps=k - m))
-    with tf.GradientTape() as tape:
-        tape.watch(x_rep)
-        states = x_rep + tf.stop_gradient(head - x_rep)
-        if m:
-            states = defended.purify(states, _fold(seed, 1), num_steps=m)
+
+    def loss_fn(states):
         out = defended.classifier(states, training=False)
         logits = tf.reduce_mean(tf.reshape(out, (-1, h, tf.shape(out)[-1])), axis=1)
-        loss = attack_loss(logits, labels, settings.loss)
-    grad = tape.gradient(loss, x_rep)
+        return attack_loss(logits, labels, settings.loss), logits
+
+    def steps(states, first, n):
+        return defended.purify(states, seed, num_steps=n, first_step=first)
+
+    # The BPDA part runs outside any tape: its gradient is the identity, and
+    # nothing of it is kept, so memory does not grow with K_def - m.
+    head = defended.purify(x_rep, seed, num_steps=k - m) if k - m else x_rep
+    if m:
+        segment = segment_length(m, settings.checkpoint_every)
+        (_, logits), grad = checkpointed_vjp(
+            lambda s, first, n: steps(s, k - m + first, n), head, m, segment, loss_fn
+        )
+    else:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(head)
+            loss, logits = loss_fn(head)
+        grad = tape.gradient(loss, head)
     grad = tf.reduce_sum(tf.reshape(grad, (-1, h) + tuple(x.shape[1:])), axis=1)
     return logits, grad
 
@@ -205,8 +288,6 @@ def proportion_ci(successes, n, level=0.95):
 
 def settings_key(settings, **extra):
     """A short hash of everything that changes an attack's result."""
-    import hashlib
-
     blob = json.dumps(dict(dataclasses.asdict(settings), **extra), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -224,16 +305,20 @@ def evaluate(
 ):
     """Runs the attack over `images` in batches and summarizes it.
 
-    Each finished batch is saved to `out_dir/batch_<index>_<size>.npz`, so a killed
-    evaluation resumes at the first missing batch; `out_dir/partial.json`
-    holds the accuracy so far. Batch b draws its random start after
+    Each finished batch is saved to
+    `out_dir/batch_<index>_<size>_<hash of its images and labels>.npz`, so a
+    killed evaluation resumes at the first missing batch and other images
+    are never mistaken for these; `out_dir/partial.json` holds the accuracy
+    so far. Batch b draws its random start after
     `tf.random.set_seed(seed * 100003 + b)` and its Langevin noise from the
     stateless seed `[seed, b]`, so a resumed run equals an uninterrupted one.
 
     Returns:
         dict: natural and robust accuracy with 95% Clopper-Pearson
         intervals, the accuracy over attack steps (`curve`, the record's
-        mean per row), the H_adv accuracy per PGD iterate, timings.
+        mean per row; robust accuracy is its last row), the H_adv accuracy
+        per PGD iterate, the Langevin image-steps of the forward
+        purifications (`langevin_image_steps`) and timings.
     """
     os.makedirs(out_dir, exist_ok=True)
     # Batches depend on their index only, so runs over a prefix of the same
@@ -258,14 +343,20 @@ def evaluate(
     run = batch_attack(defended, settings)
     starts = range(0, len(images), batch_size)
     records, corrects, times = [], [], []
+    steps = 0
     for b, start in enumerate(starts):
         count = min(batch_size, len(images) - start)
-        path = os.path.join(out_dir, f"batch_{b:05d}_{count}.npz")
+        x_np = np.asarray(images[start : start + batch_size], np.float32)
+        y_np = np.asarray(labels[start : start + batch_size], np.int32)
+        digest = hashlib.sha256(x_np.tobytes() + y_np.tobytes()).hexdigest()[:10]
+        path = os.path.join(out_dir, f"batch_{b:05d}_{count}_{digest}.npz")
         if not os.path.exists(path):
-            x = tf.constant(images[start : start + batch_size])
-            y = tf.constant(labels[start : start + batch_size], tf.int32)
+            x, y = tf.constant(x_np), tf.constant(y_np)
             tf.random.set_seed(seed * 100003 + b)
             eta0 = random_start(x, settings)
+            # A global seed left set breaks tf.data's tensor-seeded shuffles
+            # (keras_ebm.training clears it for the same reason).
+            tf.random.set_seed(None)
             t0 = time.perf_counter()
             record, correct, broken, _ = run(x, y, eta0, tf.constant([seed, b]))
             elapsed = time.perf_counter() - t0
@@ -282,6 +373,9 @@ def evaluate(
         records.append(saved["record"])
         corrects.append(saved["adv_correct"])
         times.append(float(saved["seconds"]))
+        steps += purification_image_steps(
+            saved["record"], saved["adv_correct"], settings, defended.num_steps
+        )
         record = np.concatenate(records, axis=1)
         _write_json(
             os.path.join(out_dir, "partial.json"),
@@ -309,7 +403,23 @@ def evaluate(
         adv_replicate_accuracy=correct.mean(axis=1).tolist(),
         seconds=sum(times),
         seconds_per_attack_step=per_step,
+        langevin_image_steps=steps,
         per_image_robust=record[-1].astype(int).tolist(),
+        seed=seed,
+    )
+
+
+def purification_image_steps(record, adv_correct, settings, k_def):
+    """Langevin image-steps of the forward purifications of one batch:
+    K_def x (H_adv x B per PGD evaluation + H_def per verified image), where
+    every natural image is verified and, at iterate i, each still-defended
+    image whose H_adv replicates were wrong (row i of the record holds the
+    images defended before iterate i)."""
+    b = record.shape[1]
+    verified = b + int(np.sum(np.logical_and(~adv_correct, record[:-1])))
+    evaluations = b * adv_correct.shape[0]
+    return int(k_def) * (
+        settings.adv_replicates * evaluations + settings.def_replicates * verified
     )
 
 

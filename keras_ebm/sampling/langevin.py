@@ -89,6 +89,7 @@ def langevin(
     noise: Optional[tf.Tensor] = None,
     seed: Optional[tf.Tensor] = None,
     max_drift_norm: float = 0.0,
+    first_step=0,
 ) -> tuple:
     """Runs unadjusted Langevin dynamics from `x`.
 
@@ -101,7 +102,9 @@ def langevin(
     Noise comes from exactly one of two places: `noise`, a tensor of shape
     `[num_steps, *x.shape]` (tests inject it to compare compile modes), or
     `seed`, a stateless seed of shape `[2]` from which step k draws with
-    `stateless_fold_in(seed, k)`, so long chains need no pre-drawn buffer.
+    `stateless_fold_in(seed, first_step + k)`, so long chains need no
+    pre-drawn buffer, and a chain cut into segments (`first_step` = the
+    steps already taken) draws exactly the noise of the uncut chain.
     Under a `tf.distribute` strategy each replica takes its rows of the
     global batch's draw, so the chains do not depend on the replica count.
 
@@ -114,6 +117,8 @@ def langevin(
         noise: optional injected noise.
         seed: optional stateless seed.
         max_drift_norm: per-sample drift clip; 0 disables it.
+        first_step: index of this call's first step in a longer chain (an
+            int or int32 scalar tensor; seeded noise only).
 
     Returns:
         `(x_K, LangevinStats)`.
@@ -133,7 +138,7 @@ def langevin(
     def step_noise(i):
         if noise is not None:
             return noise[i]
-        step_seed = tf.random.experimental.stateless_fold_in(seed, i)
+        step_seed = tf.random.experimental.stateless_fold_in(seed, first_step + i)
         return distribute.replica_rows(
             lambda shape: tf.random.stateless_normal(shape, step_seed, dtype=x.dtype),
             shape,
