@@ -30,11 +30,13 @@ def get_config(arg="digits"):
     c.generator.update(trainable=False, batch_stats_in_training=False)
     c.generator.weights = f"runs/shortrun/{arg}"
     c.bank.max_updates = 0
-    # Purification (evaluation): K_def steps at the training eps and T.
+    # Purification (evaluation): K_def steps at the attack config's eps and
+    # T (the reference's attack_config_cifar10: 1e-2, 1e-4).
     c.defense = common.Config(
         dict(
             num_steps=2000,  # K_def
             step_size=0.0,  # purification eps; 0 = the training eps
+            temperature=0.0,  # purification T; 0 = the training T
             classifier_workdir=f"runs/classifier/{arg}",
         )
     )
@@ -52,17 +54,28 @@ def get_config(arg="digits"):
             batch_size=64,
             split="test",
             random_start=True,
+            # Every attack runs with num_seeds independent seeds (seed,
+            # seed + 1, ...) of its random start and purification noise;
+            # figures are their mean and spread. `seed` also orders the images.
             seed=0,
+            num_seeds=3,
             # Figure 6: natural and robust accuracy for each K_def (0 = the
-            # undefended classifier), on the first curve_images (0 = all).
+            # undefended classifier), on the first curve_images (0 = all),
+            # with the first seed, under BPDA+EOT (and the full-gradient
+            # attack when adaptive).
             k_def_curve=(),
             curve_images=0,
-            # A stronger adaptive attack on request: exact gradients through
-            # the last adaptive_grad_steps Langevin steps, and/or the margin
-            # loss instead of the cross-entropy.
+            # The full-gradient attack (MEFA): exact gradients through the
+            # last adaptive_grad_steps Langevin steps (-1 = all K_def, no
+            # BPDA anywhere), checkpointed every checkpoint_every steps (0 =
+            # ~sqrt(K_def): memory grows with sqrt(K_def)), ascending
+            # adaptive_loss (margin, or ce as BPDA+EOT), with the first
+            # adaptive_seeds seeds on the first adaptive_images images.
             adaptive=False,
-            adaptive_grad_steps=10,
+            adaptive_grad_steps=-1,
+            checkpoint_every=0,
             adaptive_loss="margin",
+            adaptive_seeds=1,
             adaptive_images=0,  # the first so many images; 0 = all
             report_name="",  # the report goes to eval/attack/<report_name>
         )
@@ -112,6 +125,7 @@ def get_config(arg="digits"):
             batch_size=4,
             k_def_curve=(0, 2),
             curve_images=4,
+            num_seeds=2,
         )
     elif arg in ("cifar10", "cifar10_data"):
         c.data.update(name="cifar10", image_size=32, channels=3)
@@ -123,6 +137,9 @@ def get_config(arg="digits"):
         c.bank.update(size=25000, rejuvenation_prob=0.05)
         c.generator.weights = "runs/shortrun/cifar10"
         c.defense.classifier_workdir = "runs/classifier/cifar10"
+        # attack_config_cifar10 purifies at 1e-2 whichever EBM it defends
+        # with (this one trains at 1.25e-2).
+        c.defense.step_size = 1e-2
         if arg == "cifar10_data":  # cifar10_medconv_sngan_data
             c.init.source = "data"
             c.model.generator = ""

@@ -47,12 +47,14 @@ def export(
     eval_step_size,
     eval_temperature,
     purify_step_size=None,
+    purify_temperature=None,
 ):
     """Writes a SavedModel of `model` with the endpoints above to `path`.
 
-    `purify` takes `purify_steps` steps at `purify_step_size` (default: the
-    training step size) and the training temperature; `generate` takes
-    `eval_steps` at the evaluation step size and temperature.
+    `purify` takes `purify_steps` steps at `purify_step_size` and
+    `purify_temperature` (default: the training step size and temperature);
+    `generate` takes `eval_steps` at the evaluation step size and
+    temperature.
     """
     shape = tuple(model.state_shape)
     any_rank = tf.TensorSpec(None, tf.float32, name="x")
@@ -81,7 +83,12 @@ def export(
         return run(x, num_steps)
 
     def purify(x):
-        return run(checked(x, shape, "purify"), purify_steps, purify_step_size)
+        return run(
+            checked(x, shape, "purify"),
+            purify_steps,
+            purify_step_size,
+            purify_temperature,
+        )
 
     archive.add_endpoint("energy", tf.function(energy), input_signature=[any_rank])
     archive.add_endpoint(

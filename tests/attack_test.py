@@ -1,6 +1,7 @@
 """BPDA+EOT attack: cleverhans' PGD when purification is off, the BPDA and
 exact gradients in closed form, the monotone record, resume."""
 
+import dataclasses
 import shutil
 
 import keras
@@ -13,7 +14,12 @@ from cleverhans.tf2.attacks.projected_gradient_descent import (
 
 from keras_ebm.defense import attack, purify
 from keras_ebm.models import EnergyModel
-from tests.linear_nets import HalfSquare, LinearEnergy
+from tests.linear_nets import (
+    HalfSquare,
+    LinearEnergy,
+    assert_gaussian_rows,
+    gaussian_law,
+)
 
 D, C = 6, 3
 
@@ -43,6 +49,110 @@ def inputs(n=16, seed=1):
     rng = np.random.default_rng(seed)
     x = rng.uniform(-0.8, 0.8, size=(n, D)).astype("float32")
     return tf.constant(x), tf.constant(rng.integers(0, C, n), tf.int32)
+
+
+def gaussian_model(step_size=0.3, temperature=0.5):
+    """E = ||x||^2 / 2: K_def steps take x0 to N(c^K x0, v I)
+    (`gaussian_law`)."""
+    return EnergyModel(
+        HalfSquare(D), num_steps=1, step_size=step_size, temperature=temperature
+    )
+
+
+def two_class(seed=0):
+    """A linear 2-class classifier; `d = m_0 - m_1` is the direction of the
+    margin of class 0."""
+    m = np.random.default_rng(seed).normal(size=(D, 2)).astype("float32")
+    clf = keras.Sequential([keras.Input((D,)), keras.layers.Dense(2, use_bias=False)])
+    clf.layers[0].kernel.assign(m)
+    return clf, m[:, 0] - m[:, 1]
+
+
+def accuracy_near(observed, p, n, n_sigma=4):
+    assert abs(observed - p) < n_sigma * np.sqrt(p * (1 - p) / n), (observed, p)
+
+
+@pytest.mark.parametrize("grad_steps", [0, 2, 6])
+def test_attack_logits_are_those_of_k_def_purification_steps(grad_steps):
+    # Whatever the exact part m, the attack's logits are those of K_def
+    # purification steps: rows N(c^K x0 M, v (M^T M)_cc / H_adv).
+    m = np.random.default_rng(4).normal(size=(D, C)).astype("float32")
+    clf = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C, use_bias=False)])
+    clf.layers[0].kernel.assign(m)
+    k, h = 6, 4
+    d = purify.DefendedClassifier(gaussian_model(), clf, k)
+    x0 = np.array([2.0, -1.0, 0.5, 1.0, 0.0, -2.0], "float32")
+    x = tf.constant(np.tile(x0[None], (3000, 1)))
+    s = attack.AttackSettings(
+        eps=0.1, step_size=0.1, num_steps=1, adv_replicates=h, grad_steps=grad_steps
+    )
+    logits, _ = attack.eot_logits_and_grad(
+        d, x, tf.zeros(3000, tf.int32), s, tf.constant([1, 2])
+    )
+    ck, v = gaussian_law(k, 0.3, 0.5)
+    assert_gaussian_rows(logits, ck * x0 @ m, v * np.sum(m**2, 0) / h)
+
+
+def test_verification_takes_h_def_replicates_and_the_attack_h_adv():
+    # Each replicate's margin is N(mu, s^2); an average of H is right with
+    # probability Phi(mu sqrt(H) / s). With mu = s / 4: H_adv = 1 -> 0.599
+    # (the attack's check of iterate 0 = the natural image), H_def = 16 ->
+    # 0.841 (row 0 of the record, the natural verification).
+    from scipy import stats
+
+    clf, dm = two_class()
+    k = 5
+    d = purify.DefendedClassifier(gaussian_model(), clf, k)
+    ck, v = gaussian_law(k, 0.3, 0.5)
+    sd = np.sqrt(v) * np.linalg.norm(dm)
+    x0 = (0.25 * sd / ck) * dm / np.sum(dm**2)
+    n = 1500
+    x = tf.constant(np.tile(x0[None], (n, 1)).astype("float32"))
+    s = attack.AttackSettings(
+        eps=1e-4,
+        step_size=1e-4,
+        num_steps=0,
+        adv_replicates=1,
+        def_replicates=16,
+        random_start=False,
+    )
+    record, correct, _, _ = attack.batch_attack(d, s)(
+        x, tf.zeros(n, tf.int32), tf.zeros_like(x), tf.constant([3, 0])
+    )
+    accuracy_near(record.numpy()[0].mean(), stats.norm.cdf(1.0), n)
+    accuracy_near(correct.numpy()[0].mean(), stats.norm.cdf(0.25), n)
+
+
+@pytest.mark.slow
+def test_verification_draws_noise_of_its_own(tmp_path):
+    # Images on the boundary: each average is right with probability 1/2.
+    # An iterate breaks an image when the attack's replicates are wrong and
+    # an independent verification is wrong too (1/4 per iterate), so after
+    # the natural verification and 3 iterates 0.5 * 0.75^3 = 0.211 survive.
+    # A verification that reused the attack's noise (one image per batch,
+    # H_def = H_adv: the very same replicates) would leave 0.5^4 = 0.063.
+    clf, _ = two_class()
+    d = purify.DefendedClassifier(gaussian_model(), clf, 4)
+    n = 300
+    s = attack.AttackSettings(
+        eps=1e-4,
+        step_size=1e-4,
+        num_steps=2,
+        adv_replicates=4,
+        def_replicates=4,
+        random_start=False,
+    )
+    r = attack.evaluate(
+        d,
+        np.zeros((n, D), "float32"),
+        np.zeros(n, "int32"),
+        s,
+        str(tmp_path),
+        batch_size=1,
+    )
+    for i, p in enumerate(0.5 * 0.75 ** np.arange(4)):
+        accuracy_near(r["curve"][i], p, n)
+    assert r["robust_accuracy"] == r["curve"][-1]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -158,36 +268,62 @@ def test_verification_decides_and_breaks_stay_broken():
     )
 
 
-def test_evaluate_resumes_and_reports_intervals(tmp_path):
-    clf = classifier()
-    d = defended(clf, num_steps=2)
-    x, y = inputs(n=10)
+def batch_file(folder, index):
+    (path,) = folder.glob(f"batch_{index:05d}_*.npz")
+    return path
+
+
+def test_evaluate_resumes_with_each_batch_s_own_seeds(tmp_path):
+    # Images on the decision boundary of a noisy defense: each record is
+    # decided by the purification noise, so a batch run with the wrong
+    # seeds would not reproduce.
+    clf, _ = two_class(seed=0)
+    d = purify.DefendedClassifier(gaussian_model(), clf, 3)
+    x = np.zeros((10, D), "float32")
+    y = np.zeros(10, "int32")
     s = attack.AttackSettings(
         eps=0.3, step_size=0.1, num_steps=3, adv_replicates=2, def_replicates=3
     )
-    full = attack.evaluate(
-        d, x.numpy(), y.numpy(), s, str(tmp_path / "a"), batch_size=4
+    full = attack.evaluate(d, x, y, s, str(tmp_path / "a"), batch_size=4, seed=5)
+    # The contract: batch b draws its start after set_seed(seed * 100003 + b)
+    # and its noise from [seed, b]. Batch 1, recomputed alone that way:
+    run = attack.batch_attack(d, s)
+    tf.random.set_seed(5 * 100003 + 1)
+    eta0 = attack.random_start(tf.constant(x[4:8]), s)
+    record, *_ = run(
+        tf.constant(x[4:8]), tf.constant(y[4:8]), eta0, tf.constant([5, 1])
+    )
+    saved = np.load(batch_file(tmp_path / "a", 1))
+    np.testing.assert_array_equal(saved["record"], record)
+    # Batches of the same images draw other noise: the per-image records of
+    # the three batches are not all alike.
+    records = [np.load(batch_file(tmp_path / "a", b))["record"] for b in range(3)]
+    assert not (
+        np.array_equal(records[0], records[1])
+        and np.array_equal(records[0][:, :2], records[2])
     )
     # A kill after the first batch: the missing batches are recomputed, and
     # the result equals the uninterrupted run.
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    for name in ("batch_00001_4.npz", "batch_00002_2.npz", "partial.json"):
-        (tmp_path / "b" / name).unlink()
-    resumed = attack.evaluate(
-        d, x.numpy(), y.numpy(), s, str(tmp_path / "b"), batch_size=4
-    )
-    assert (tmp_path / "b" / "batch_00002_2.npz").exists()
+    for b in (1, 2):
+        batch_file(tmp_path / "b", b).unlink()
+    (tmp_path / "b" / "partial.json").unlink()
+    resumed = attack.evaluate(d, x, y, s, str(tmp_path / "b"), batch_size=4, seed=5)
     assert resumed["per_image_robust"] == full["per_image_robust"]
     assert resumed["curve"] == full["curve"]
     lo, hi = full["robust_ci95"]
     assert lo <= full["robust_accuracy"] <= hi and hi - lo > 0.2  # n = 10
     with pytest.raises(ValueError, match="other settings"):
-        attack.evaluate(d, x.numpy(), y.numpy(), s, str(tmp_path / "a"), batch_size=5)
-    # A prefix of the images reuses the saved batches.
+        attack.evaluate(d, x, y, s, str(tmp_path / "a"), batch_size=5, seed=5)
+    # A prefix of the images reuses the saved batches; other images in a
+    # batch's place are not mistaken for it.
     head = attack.evaluate(
-        d, x.numpy()[:8], y.numpy()[:8], s, str(tmp_path / "a"), batch_size=4
+        d, x[:8], y[:8], s, str(tmp_path / "a"), batch_size=4, seed=5
     )
     assert head["per_image_robust"] == full["per_image_robust"][:8]
+    assert len(list((tmp_path / "a").glob("batch_*.npz"))) == 3
+    attack.evaluate(d, x + 0.5, y, s, str(tmp_path / "a"), batch_size=4, seed=5)
+    assert len(list((tmp_path / "a").glob("batch_*.npz"))) == 6
 
 
 def test_bad_settings_are_refused():
@@ -197,16 +333,133 @@ def test_bad_settings_are_refused():
         attack.AttackSettings(eps=0.1, step_size=0.1, num_steps=1, norm="l1")
 
 
-def test_worst_case_counts_an_image_robust_only_if_every_attack_failed():
+def test_worst_case_is_per_image_and_per_seed_over_the_defended_attacks():
     from keras_ebm.defense import report
 
-    runs = [
-        dict(name="a", per_image_robust=[1, 1, 0, 1]),
-        dict(name="b", per_image_robust=[1, 0, 1, 1]),
-    ]
+    def run(seed, robust):
+        return dict(seed=seed, per_image_robust=robust)
+
+    runs = {
+        "bpda_eot": [run(0, [1, 1, 0, 1]), run(1, [1, 0, 0, 0])],
+        "full_gradient": [run(0, [1, 0, 1, 1])],
+    }
     worst = report.worst_case(runs)
-    assert worst["robust_accuracy"] == 0.5 and worst["attacks"] == ["a", "b"]
+    # Only seed 0 has both attacks: images 0 and 3 survive both.
+    assert [w["seed"] for w in worst["per_seed"]] == [0]
+    assert worst["robust_accuracy"] == 0.5 and worst["num_images"] == 4
     # An attack run on the first images only: the worst case over those.
-    runs.append(dict(name="c", per_image_robust=[0, 1]))
-    assert report.worst_case(runs)["robust_accuracy"] == 0.0
-    assert report.worst_case(runs)["num_images"] == 2
+    runs["full_gradient"] = [run(0, [0, 1]), run(1, [0, 0])]
+    worst = report.worst_case(runs)
+    assert [w["robust_accuracy"] for w in worst["per_seed"]] == [0.5, 0.0]
+    assert worst["robust_accuracy"] == 0.25 and worst["num_images"] == 2
+
+
+class TanhEnergy(keras.Model):
+    """A small smooth energy: its Hessian is not zero, so the exact gradient
+    through Langevin differs from the straight-through one."""
+
+    def __init__(self, dim, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = (dim,)
+        keras.utils.set_random_seed(seed)
+        self.net = keras.Sequential(
+            [keras.Input((dim,)), keras.layers.Dense(16, "tanh"), keras.layers.Dense(1)]
+        )
+
+    def call(self, x, training=False):
+        return 2.0 * self.net(x)
+
+
+def plain_exact_grad(d, x, y, s, seed):
+    """Every Langevin step on one tape (memory linear in K_def): the
+    reference the checkpointed gradient must equal."""
+    h, k = s.adv_replicates, d.num_steps
+    m = min(s.grad_steps, k)
+    x_rep = tf.repeat(x, h, axis=0)
+    head = d.purify(x_rep, seed, num_steps=k - m)
+    with tf.GradientTape() as tape:
+        tape.watch(x_rep)
+        states = x_rep + tf.stop_gradient(head - x_rep)
+        states = d.purify(states, seed, num_steps=m, first_step=k - m)
+        out = d.classifier(states)
+        logits = tf.reduce_mean(tf.reshape(out, (-1, h, out.shape[-1])), axis=1)
+        loss = attack.attack_loss(logits, y, s.loss)
+    grad = tape.gradient(loss, x_rep)
+    return logits, tf.reduce_sum(tf.reshape(grad, (-1, h, x.shape[-1])), axis=1)
+
+
+@pytest.mark.parametrize("grad_steps, segment", [(13, 1), (13, 4), (13, 0), (8, 3)])
+def test_checkpointed_gradient_equals_the_plain_exact_gradient(grad_steps, segment):
+    k = 13
+    d = defended(classifier(), k, TanhEnergy(D), step_size=0.3)
+    x, y = inputs(n=5)
+    seed = tf.constant([7, 8])
+    s = attack.AttackSettings(
+        eps=0.1,
+        step_size=0.1,
+        num_steps=1,
+        adv_replicates=3,
+        grad_steps=grad_steps,
+        checkpoint_every=segment,
+    )
+    logits, grad = attack.eot_logits_and_grad(d, x, y, s, seed)
+    want_logits, want = plain_exact_grad(d, x, y, s, seed)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
+    # The smooth energy bends the gradient: BPDA would be visibly wrong.
+    _, bpda = attack.eot_logits_and_grad(
+        d, x, y, dataclasses.replace(s, grad_steps=0), seed
+    )
+    assert np.abs(bpda - want).max() > 1e-2 * np.abs(want).max()
+
+
+def test_full_gradient_over_many_steps_in_closed_form():
+    # E = ||x||^2 / 2 at T: each step is x -> c x + noise, so the exact
+    # gradient through all K_def steps is c^K_def times the straight-through
+    # one, whatever the noise (13 segments of 15 steps and one of 5).
+    k = 200
+    d, w, c = margin_setup(num_steps=k, temperature=1.0, step_size=0.1)
+    x = tf.constant(np.random.default_rng(3).normal(size=(4, D)).astype("float32"))
+    y = tf.constant([0, 1, 1, 0], tf.int32)
+    direction = (w[:, 1] - w[:, 0])[None] * np.where(y.numpy() == 0, 1, -1)[:, None]
+    s = attack.AttackSettings(
+        eps=0.1,
+        step_size=0.1,
+        num_steps=1,
+        adv_replicates=2,
+        loss="margin",
+        grad_steps=k,
+    )
+    assert attack.segment_length(k) == 15
+    _, grad = attack.eot_logits_and_grad(d, x, y, s, tf.constant([1, 2]))
+    np.testing.assert_allclose(grad, c**k * direction, rtol=1e-4)
+    assert 0.3 < c**k < 0.4
+
+
+def test_through_a_relu_energy_the_full_gradient_is_the_bpda_gradient():
+    # A ReLU network's energy is piecewise linear in x: its Hessian is zero
+    # almost everywhere, so every Langevin step's Jacobian is the identity
+    # and the exact gradient through the purification is straight-through.
+    # (The reference's EBMs, and ours, are such networks.)
+    from keras_ebm import networks
+
+    keras.utils.set_random_seed(0)
+    ebm = networks.build("ebm_small", image_shape=(8, 8, 1), width=8)
+    clf = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(C)]
+    )
+    model = EnergyModel(ebm, num_steps=1, step_size=0.05, temperature=1e-2)
+    d = purify.DefendedClassifier(model, clf, 30)
+    x = tf.random.stateless_uniform((3, 8, 8, 1), [0, 1], -1, 1)
+    y = tf.constant([0, 1, 2])
+    s = attack.AttackSettings(
+        eps=0.1, step_size=0.1, num_steps=1, adv_replicates=2, grad_steps=30
+    )
+    seed = tf.constant([3, 4])
+    purified = d.purify(tf.repeat(x, 2, axis=0), seed)
+    assert float(tf.reduce_max(tf.abs(purified - tf.repeat(x, 2, axis=0)))) > 0.1
+    _, full = attack.eot_logits_and_grad(d, x, y, s, seed)
+    _, bpda = attack.eot_logits_and_grad(
+        d, x, y, dataclasses.replace(s, grad_steps=0), seed
+    )
+    np.testing.assert_allclose(full, bpda, rtol=1e-4, atol=1e-6)

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
@@ -16,3 +17,12 @@ tf.config.set_logical_device_configuration(
 def pytest_collection_modifyitems(config, items):
     # tf.test.TestCase.test_session is a context manager, not a test.
     items[:] = [item for item in items if item.name != "test_session"]
+
+
+@pytest.fixture(autouse=True)
+def _no_global_tf_seed_left_behind():
+    # A test that seeds TensorFlow globally (keras.utils.set_random_seed)
+    # must not change the next one: a global seed of 0 even breaks tf.data's
+    # tensor-seeded shuffles.
+    yield
+    tf.random.set_seed(None)

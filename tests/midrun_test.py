@@ -15,42 +15,99 @@ from keras_ebm import run
 from keras_ebm.regimes import midrun as midrun_regime
 
 
-@pytest.mark.slow
-def test_evaluate_runs_the_attacks_and_writes_the_report(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """A smoke classifier and a smoke midrun EBM that defends it."""
+    root = tmp_path_factory.mktemp("midrun")
     clf = classifier.get_config("smoke")
     clf.data.image_size = 8
-    run.train(clf, str(tmp_path / "clf"))
+    run.train(clf, str(root / "clf"))
     c = midrun.get_config("smoke")
-    c.defense.classifier_workdir = str(tmp_path / "clf")
-    run.train(c, str(tmp_path / "mid"))
-    c.attack.k_def_curve = (0, 1, c.defense.num_steps)
-    results = run.evaluate(c, str(tmp_path / "mid"))
-    out = tmp_path / "mid" / "eval" / "attack"
+    c.defense.classifier_workdir = str(root / "clf")
+    run.train(c, str(root / "mid"))
+    return root, c
+
+
+@pytest.mark.slow
+def test_evaluate_runs_the_attacks_and_writes_the_report(smoke_runs):
+    from keras_ebm import classify
+    from keras_ebm.defense import report
+
+    root, c = smoke_runs
+    c = c.copy_and_resolve_references()
+    c.attack.update(k_def_curve=(0, 1, c.defense.num_steps), adaptive=True)
+    results = run.evaluate(c, str(root / "mid"))
+    out = root / "mid" / "eval" / "attack"
     saved = json.loads((out / "results.json").read_text())
-    assert saved["attacks"].keys() == {"undefended", "bpda_eot"}
-    for r in saved["attacks"].values():
-        lo, hi = r["robust_ci95"]
-        assert lo <= r["robust_accuracy"] <= r["natural_accuracy"] + 1e-9
-        assert r["robust_accuracy"] <= hi
-        assert len(r["curve"]) == c.attack.num_steps + 2
-        assert all(a >= b for a, b in zip(r["curve"][:-1], r["curve"][1:], strict=True))
+    assert saved["attacks"].keys() == {"undefended", "bpda_eot", "full_gradient"}
+    for name, r in saved["attacks"].items():
+        assert len(r["per_seed"]) == (1 if name == "full_gradient" else 2)
+        for p in r["per_seed"]:
+            lo, hi = p["robust_ci95"]
+            assert lo <= p["robust_accuracy"] <= p["natural_accuracy"] + 1e-9
+            assert p["robust_accuracy"] <= hi
+            assert len(p["curve"]) == c.attack.num_steps + 2
+            assert np.all(np.diff(p["curve"]) <= 0)
+    # Undefended natural accuracy: the classifier's own accuracy on the test
+    # images, computed here without the attack code.
+    images, labels = report.test_set(c)
+    with open(root / "clf" / "config.json") as f:
+        clf_config = midrun.common.Config(json.load(f))
+    net = classify.load(clf_config, str(root / "clf"))
+    own = np.mean(np.argmax(net(images), -1) == labels)
+    assert saved["attacks"]["undefended"]["natural_accuracy"] == pytest.approx(own)
     with open(out / "accuracy_over_steps.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["attack_step", "undefended", "bpda_eot"]
+    assert rows[0] == ["attack_step", "undefended", "bpda_eot", "full_gradient"]
     assert len(rows) == c.attack.num_steps + 3
-    assert [p["k_def"] for p in saved["k_def_curve"]] == [0, 1, c.defense.num_steps]
-    # The curve's K_def 0 and K_def = defense.num_steps points are the main
-    # attacks on a prefix of the images (their saved batches, no new runs).
-    undefended = saved["attacks"]["undefended"]["curve"]
+    curve = [(p["k_def"], p["attack"]) for p in saved["k_def_curve"]]
+    k = c.defense.num_steps
+    assert sorted(curve) == sorted(
+        (kk, a) for kk in (0, 1, k) for a in ("bpda_eot", "full_gradient")
+    )
+    # K_def 0 and K_def = defense.num_steps are the main attacks' first
+    # seed on a prefix of the images (their saved batches, no new runs).
     assert saved["k_def_curve"][0]["num_images"] == c.attack.curve_images
-    assert len([d for d in os.listdir(out) if os.path.isdir(out / d)]) == 3
+    folders = [d for d in os.listdir(out) if os.path.isdir(out / d)]
+    assert len(folders) == 2 + 2 + 1 + 2  # seeds; full gradient; K_def 1
     for name in ("accuracy_over_steps.png", "k_def_curve.png", "k_def_curve.csv"):
         assert (out / name).stat().st_size > 0
-    assert (
-        results["worst_case"]["robust_accuracy"]
-        <= saved["attacks"]["bpda_eot"]["robust_accuracy"]
+    w = results["worst_case"]
+    assert w["robust_accuracy"] <= saved["attacks"]["full_gradient"]["robust_accuracy"]
+    assert set(results["disjoint"]) == {"bpda_eot", "full_gradient", "worst_case"}
+
+
+@pytest.mark.slow
+def test_export_defended_with_every_kind_of_classifier(smoke_runs, tmp_path):
+    # A classifier-regime run, a .keras file, a SavedModel with a `logits`
+    # endpoint and one with only `serving_default`: each is exported inside
+    # the defended SavedModel, whose `classify` gives its logits.
+    from keras_ebm import classify
+    from keras_ebm.regimes import midrun as midrun_regime
+
+    root, c = smoke_runs
+    with open(root / "clf" / "config.json") as f:
+        clf_config = midrun.common.Config(json.load(f))
+    net = classify.load(clf_config, str(root / "clf"))
+    net.save(str(tmp_path / "clf.keras"))
+    archive = keras.export.ExportArchive()
+    archive.track(net)
+    archive.add_endpoint(
+        "logits", net.call, input_signature=[tf.TensorSpec((None, 8, 8, 1))]
     )
-    assert undefended[0] == saved["attacks"]["undefended"]["natural_accuracy"]
+    archive.write_out(str(tmp_path / "logits"), verbose=False)
+    net.export(str(tmp_path / "serving"), verbose=False)
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 8, 8, 1)).astype("float32")
+    want = net(x).numpy()
+    for kind in (str(root / "clf"), "clf.keras", "logits", "serving"):
+        c = c.copy_and_resolve_references()
+        c.defense.classifier_workdir = str(tmp_path / kind)
+        path = midrun_regime.export(c, str(root / "mid"))
+        loaded = tf.saved_model.load(path)
+        np.testing.assert_allclose(
+            loaded.classify(tf.constant(x)), want, rtol=1e-5, atol=1e-5, err_msg=kind
+        )
+        assert loaded.predict(tf.constant(x), tf.constant(2)).shape == (5, 10)
 
 
 def test_classifier_from_a_savedmodel(tmp_path):
@@ -94,19 +151,6 @@ def test_bad_attack_settings_stop_before_anything_runs(tmp_path, field, value, m
     with pytest.raises(run.ConfigError, match=match):
         run.evaluate(c, str(tmp_path / "mid"))
     assert not (tmp_path / "mid").exists()
-
-
-def test_purification_step_size_from_the_config():
-    import types
-
-    from keras_ebm.defense import report
-
-    model = types.SimpleNamespace(step_size=0.01)
-    c = midrun.get_config("smoke")
-    assert report.defended_classifier(c, model, None, 5).step_size == 0.01
-    c.defense.step_size = 0.03
-    d = report.defended_classifier(c, model, None, 5)
-    assert (d.step_size, d.num_steps) == (0.03, 5)
 
 
 def test_evaluation_sections_may_change_without_blocking_a_resume(tmp_path):

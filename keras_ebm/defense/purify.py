@@ -1,7 +1,8 @@
 """Langevin purification in front of a classifier (paper Section 3).
 
-Purification `T(x)`: K_def Langevin steps from `x` under the EBM's training
-potential (`E/T`; no clipping of states). The defended classifier averages
+Purification `T(x)`: K_def Langevin steps from `x` under the EBM's
+potential `E/T` (T the training temperature unless set; no clipping of
+states). The defended classifier averages
 the logits of H purified replicates,
 
 `F(x) = argmax_c (1/H) sum_h f(T_h(x))_c`,
@@ -10,7 +11,11 @@ for any Keras classifier `f` that maps float32 `[B, H, W, C]` images in
 [-1, 1] to logits.
 """
 
+import hashlib
+import json
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_ebm import export as export_lib
@@ -25,29 +30,61 @@ class DefendedClassifier:
         classifier: a Keras model, images -> logits.
         num_steps: K_def.
         step_size: purification eps; default the model's training eps.
+        temperature: purification T of `U = E/T`; default the training T.
     """
 
-    def __init__(self, model, classifier, num_steps, step_size=None):
+    def __init__(self, model, classifier, num_steps, step_size=None, temperature=None):
         self.model = model
         self.classifier = classifier
         self.num_steps = num_steps
         self.step_size = step_size or model.step_size
+        self.temperature = temperature or model.temperature
+        self.potential = model.potential_at(self.temperature)
 
-    def purify(self, x, seed, num_steps=None):
+    def purify(self, x, seed, num_steps=None, first_step=0):
         """`T(x)`: K_def (or `num_steps`) Langevin steps, noise from `seed`
-        `[2]`; 0 steps is the identity (the undefended classifier)."""
+        `[2]`; 0 steps is the identity (the undefended classifier).
+        `first_step` continues a chain cut into segments: steps
+        `first_step, first_step + 1, ...` of the chain of `seed`."""
         num_steps = self.num_steps if num_steps is None else num_steps
         if isinstance(num_steps, int) and num_steps == 0:
             return x
         x, _ = langevin(
-            self.model.potential,
+            self.potential,
             x,
             num_steps=num_steps,
             step_size=self.step_size,
             seed=seed,
             max_drift_norm=self.model.max_drift_norm,
+            first_step=first_step,
         )
         return x
+
+    def digest(self):
+        """A short hash of everything the defended classifier computes with:
+        the EBM's and the classifier's weights, T, the purification step
+        size and drift clip (results cached under it are recomputed when
+        any of them changes)."""
+        h = hashlib.sha256()
+        nets = [self.model.energy_net, self.classifier]
+        if getattr(self.model, "prior_net", None) is not None:
+            nets.append(self.model.prior_net)
+        for net in nets:
+            h.update(type(net).__qualname__.encode())
+            for v in net.weights:
+                value = np.asarray(v)
+                h.update(str((value.shape, value.dtype.str)).encode())
+                h.update(value.tobytes())
+        h.update(
+            json.dumps(
+                [
+                    float(self.temperature),
+                    float(self.step_size),
+                    float(self.model.max_drift_norm),
+                ]
+            ).encode()
+        )
+        return h.hexdigest()[:16]
 
     def logits(self, x, num_replicates, seed):
         """Replicate-averaged logits `[B, classes]` of `f(T(x))`.

@@ -246,8 +246,9 @@ def save_trace(trace, prefix, step):
 
 def export(config, workdir, model, step, **purify):
     """Writes the SavedModel of `model` to `<workdir>/export` (see
-    `keras_ebm.export`); `purify` may set `purify_steps` and
-    `purify_step_size` (default: the training K and step size)."""
+    `keras_ebm.export`); `purify` may set `purify_steps`,
+    `purify_step_size` and `purify_temperature` (default: the training K,
+    step size and temperature)."""
     path = os.path.join(workdir, "export")
     ev = config.eval
     export_lib.export(
@@ -255,6 +256,7 @@ def export(config, workdir, model, step, **purify):
         path,
         purify_steps=purify.get("purify_steps", config.langevin.num_steps),
         purify_step_size=purify.get("purify_step_size"),
+        purify_temperature=purify.get("purify_temperature"),
         eval_steps=ev.num_steps,
         eval_step_size=ev.step_size,
         eval_temperature=ev.temperature,

@@ -48,7 +48,8 @@ def evaluate(config, workdir):
     check_attack(config)
     model, step = training.load_trained(config, workdir, build)
     classifier = load_classifier(config.defense.classifier_workdir)
-    return report.report(config, workdir, model, classifier, step)
+    images, labels = report.test_set(config)
+    return report.report(config, workdir, model, classifier, step, images, labels)
 
 
 def check_attack(config):
@@ -59,9 +60,23 @@ def check_attack(config):
     require(a.adaptive_loss in ("ce", "margin"), "attack.adaptive_loss", "ce or margin")
     require(all(k >= 0 for k in a.k_def_curve), "attack.k_def_curve", "steps >= 0")
     require(
-        min(a.curve_images, a.adaptive_images, a.adaptive_grad_steps) >= 0,
+        min(a.curve_images, a.adaptive_images, a.checkpoint_every) >= 0,
         "attack.curve_images",
-        "image counts and adaptive_grad_steps must be >= 0",
+        "image counts and checkpoint_every must be >= 0",
+    )
+    require(
+        a.adaptive_grad_steps >= -1,
+        "attack.adaptive_grad_steps",
+        "-1 (every purification step: the full gradient) or a number of steps",
+    )
+    require(a.num_seeds >= 1, "attack.num_seeds", "at least one seed")
+    d = config.defense
+    require(d.step_size >= 0, "defense.step_size", ">= 0 (0: the training eps)")
+    require(d.temperature >= 0, "defense.temperature", ">= 0 (0: the training T)")
+    require(
+        1 <= a.adaptive_seeds <= a.num_seeds,
+        "attack.adaptive_seeds",
+        f"between 1 and attack.num_seeds ({a.num_seeds})",
     )
 
 
@@ -81,6 +96,9 @@ class SavedModelClassifier(keras.layers.Layer):
             )
         self.endpoint = endpoint
         self.layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint)
+        # Nothing to build: the SavedModel holds the weights. Built, the
+        # wrapper can be tracked by an export (`export_defended`).
+        self.built = True
 
     def call(self, x, training=False):
         out = self.layer(x)
@@ -128,6 +146,7 @@ def export(config, workdir):
         step,
         purify_steps=config.defense.num_steps,
         purify_step_size=config.defense.get("step_size") or None,
+        purify_temperature=config.defense.get("temperature") or None,
     )
     defended = report.defended_classifier(
         config, model, classifier, config.defense.num_steps
