@@ -226,11 +226,7 @@ def train(config, workdir, build, check):
     else:
         step = 0
         if model.banks:
-            init = None
-            if config.init.source == "data":
-                n = max(bank.num_states for bank in model.banks.values())
-                init = _tile(data.take_array(source, n), n)
-            model.initialize_bank(init)
+            model.initialize_bank(initial_data(config, model, source))
         callbacks.save_checkpoint(model, workdir, 0, config.train.keep_checkpoints)
 
     tr = config.train
@@ -260,6 +256,18 @@ def train(config, workdir, build, check):
         ],
     )
     return model
+
+
+def initial_data(config, model, source):
+    """The data rows that fill the banks of a data-initialized model (None
+    otherwise): as many as all its banks hold together, so each bank takes
+    rows of its own (longrun: the update bank the first, the burn-in bank
+    the next), as the reference draws them separately; a small dataset is
+    repeated."""
+    if config.init.source != "data":
+        return None
+    n = sum(bank.num_states for bank in model.banks.values())
+    return _tile(data.take_array(source, n), n)
 
 
 def _tile(array, num):

@@ -232,6 +232,13 @@ def test_midrun_presets(dataset):
         )
         assert (a.adv_replicates, a.def_replicates) == (48, 128)
         assert (a.num_images, a.split, a.random_start) == (640, "test", True)
+    if dataset in ("cifar10", "cifar10_data"):
+        # attack_config_cifar10 purifies at eps 1e-2 and T 1e-4 whichever EBM
+        # (the generator one trains at 1.25e-2).
+        eps = c.defense.step_size or c.langevin.step_size
+        temperature = c.defense.temperature or c.langevin.temperature
+        assert (eps, temperature) == (1e-2, 1e-4)
+    if dataset == "cifar10":
         # p = K / K_def
         assert c.bank.rejuvenation_prob == c.langevin.num_steps / c.defense.num_steps
     if dataset == "cifar10_data":  # cifar10_medconv_sngan_data

@@ -204,6 +204,7 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
 
     config = shortrun.get_config("smoke")
     config.eval.classifier_workdir = clf_dir
+    config.eval.realism_k = 3  # not the default: its wiring shows
     workdir = str(tmp_path / "run")
     run.train(config, workdir)
     summary = run.evaluate(config, workdir)
@@ -222,7 +223,11 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
     with np.load(cache) as ref, np.load(saved) as chains:
         for m in ("0", "3"):
             fake = chains[f"f{m}"][: summary["num_samples"]]
-            assert realism[m] == fid.realism(ref["features"], fake, 5)
+            assert realism[m] == fid.realism(ref["features"], fake, 3)
+            assert realism[m] != fid.realism(ref["features"], fake, 5)
+    assert summary["realism_k"] == 3
+    (floor,) = glob.glob(os.path.join(workdir, "fid_cache", "*_floor.json"))
+    assert "realism_k3" in json.load(open(floor))
     for name in (
         "results.json",
         "fid_curve.csv",

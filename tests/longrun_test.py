@@ -120,6 +120,29 @@ def test_burnin_counts_start_uniform_below_d():
     assert np.all(np.abs(big.burnin_bank.states.numpy()) <= 1.0)
 
 
+def test_data_initialized_banks_take_rows_of_their_own():
+    # The reference draws the burn-in bank's data apart from the update
+    # bank's: no burn-in state starts as a copy of an update-bank state.
+    from keras_ebm import data
+    from keras_ebm.regimes import longrun as longrun_regime
+
+    config = longrun.get_config("smoke")
+    config.init.source = "data"
+    model = longrun_regime.build(config)
+    source = data.images(config)
+    model.initialize_bank(training.initial_data(config, model, source))
+    update = model.bank.states.numpy().reshape(model.bank.num_states, -1)
+    burnin = model.burnin_bank.states.numpy().reshape(model.burnin_bank.num_states, -1)
+    assert len(np.unique(update, axis=0)) == len(update)
+    same = (update[:, None] == burnin[None]).all(-1)
+    assert not same.any()
+    # Both banks hold data: each burn-in state is a row of the dataset.
+    rows = data.take_array(source, len(update) + len(burnin)).reshape(
+        len(update) + len(burnin), -1
+    )
+    np.testing.assert_array_equal(burnin, rows[len(update) :])
+
+
 def test_update_bank_is_never_rejuvenated():
     with pytest.raises(ValueError, match="never rejuvenated"):
         LongrunEnergyModel(
@@ -155,7 +178,10 @@ def test_export_energy_is_the_full_potential(tmp_path):
     config = longrun.get_config("smoke")
     config.prior.workdir = str(tmp_path / "prior")
     config.langevin.tau = 0.5
+    # T_prior apart from T, so that each term's temperature wiring shows.
+    config.prior.temperature = 3 * config.langevin.temperature
     model = run.train(config, str(tmp_path / "lr"))
+    assert model.prior_temperature == config.prior.temperature
     x = tf.random.uniform((3, 8, 8, 1), -1, 1, seed=1)
     e = model.energy(x).numpy() / config.langevin.temperature
     e_prior = model.prior_energy(x).numpy() / config.prior.temperature

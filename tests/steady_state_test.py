@@ -56,6 +56,41 @@ def test_histograms_converge_to_the_grid_density():
     assert steady_state.total_variation(far, coarse) == pytest.approx(1.0)
 
 
+def test_histogram_cells_are_the_grid_cells():
+    # An off-centre, anisotropic Gaussian: its samples' histogram matches
+    # the coarsened grid density cell by cell (x along columns, y along
+    # rows, as the grid); with the axes swapped it would not.
+    limit, mean = 4.6, np.array([1.5, -0.7])
+    points = steady_state.grid_points(limit)
+    log_p = -((points[:, 0] - mean[0]) ** 2) / 0.5 - (points[:, 1] - mean[1]) ** 2 / 2
+    coarse = steady_state.coarsen(steady_state.grid_probabilities(log_p))
+    rng = np.random.default_rng(0)
+    samples = mean + rng.normal(size=(100000, 2)) * [0.5, 1.0]
+    hist = steady_state.histogram_probabilities(samples, limit)
+    assert steady_state.total_variation(hist, coarse) < 0.03
+    swapped = steady_state.histogram_probabilities(samples[:, ::-1], limit)
+    assert steady_state.total_variation(swapped, coarse) > 0.5
+
+
+def test_grid_density_is_exp_minus_u_at_the_evaluation_temperature():
+    # E = ||x||^2 / 2 trained at T = 1, evaluated at T 0.25 (joint
+    # temperature 1.5 on top): exp(-E / 0.375) is N(0, 0.375 I).
+    import keras
+
+    from keras_ebm.models import EnergyModel
+    from tests.linear_nets import HalfSquare
+
+    model = EnergyModel(HalfSquare(2), num_steps=1, step_size=0.1, temperature=1.0)
+    model.compile(keras.optimizers.SGD(0.1))
+    config = longrun.get_config("toy2d")
+    config.eval.update(temperature=0.25, joint_temperature=1.5)
+    points = steady_state.grid_points(4.6)
+    p = steady_state.grid_density(model, points, config.eval)
+    want = gaussian_grid([0.0, 0.0], np.sqrt(0.375))
+    assert steady_state.total_variation(p, want) < 1e-4
+    assert steady_state.total_variation(p, gaussian_grid([0.0, 0.0], 1.0)) > 0.2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("configs", [shortrun, longrun], ids=["shortrun", "longrun"])
 def test_evaluate_a_toy2d_run(configs, tmp_path):

@@ -1,8 +1,9 @@
 """toy2d: the model's steady state against the true density.
 
-The density `exp(-U)` of the full sampling potential is normalized exactly on
-a grid (the ebm-anatomy method, no chains needed) and compared with the truth
-by total variation and KL; histograms of chains (the training sampler's, ULA
+The density `exp(-U)` of the full sampling potential (at the evaluation's
+temperature, as the chains) is normalized exactly on a grid (the
+ebm-anatomy method, no chains needed) and compared with the truth by total
+variation and KL; histograms of chains (the training sampler's, ULA
 and MALA chains run from data) are compared with the truth by total
 variation.
 """
@@ -34,6 +35,14 @@ def grid_probabilities(log_density):
     log_density = np.asarray(log_density, np.float64)
     p = np.exp(log_density - log_density.max())
     return p / p.sum()
+
+
+def grid_density(model, points, ev):
+    """Cell probabilities of `exp(-U)` on the grid, with U the potential the
+    evaluation's chains sample (`eval.temperature`, `eval.joint_temperature`),
+    so the grid and the chains describe the same steady state."""
+    u = model.potential_at(ev.temperature, ev.get("joint_temperature", 1.0))
+    return grid_probabilities(-u(tf.constant(points)).numpy())
 
 
 def total_variation(p, q):
@@ -77,7 +86,7 @@ def toy2d_steady_state(config, workdir, model, step):
     limit = TOY_LIMITS[name]
     points = grid_points(limit)
     truth = grid_probabilities(data.toy2d_log_density(name, points).numpy())
-    model_p = grid_probabilities(-model.potential(tf.constant(points)).numpy())
+    model_p = grid_density(model, points, ev)
     n = ev.num_samples
 
     sampler = callbacks.snapshot(model, n)

@@ -66,9 +66,11 @@ class LongrunEnergyModel(EnergyModel):
         return {"bank": self.bank, "burnin_bank": self.burnin_bank}
 
     def initialize_bank(self, data=None, seed=None):
-        """Fills both banks from the init source (data: `[N, ...]` with at
-        least as many rows as the larger bank); burn-in counts uniform in
-        `{0, ..., D-1}` (the reference's "steady stream of states")."""
+        """Fills both banks from the init source (data: `[N, ...]`, the
+        update bank from its first rows, the burn-in bank from its last, so
+        `N >= ` both banks' sizes together keeps them disjoint); burn-in
+        counts uniform in `{0, ..., D-1}` (the reference's "steady stream of
+        states")."""
         seed = [self.seed, 1] if seed is None else seed
         super().initialize_bank(data, seed)
         n = self.burnin_bank.num_states
