@@ -57,7 +57,7 @@ def get_base_config():
     c.model = Config(
         dict(
             ebm="ebm_small",
-            ebm_kwargs=Config(dict(width=16)),
+            ebm_kwargs=Config(dict(width=16, activation="relu")),
             generator="gen_small",  # "" for none
             generator_kwargs=Config(dict(width=32)),
             latent_dim=32,

@@ -21,13 +21,16 @@ class EBMBlock(layers.Layer):
     Stem (`stem=True`): `avgpool(conv_2(relu(conv_1(x)))) + sc(avgpool(x))`.
     Block: `pool(conv_2(relu(conv_1(relu(x))))) + pool(sc(x))`, where `pool`
     is 2x2 average pooling when `down`, and `sc` a 1x1 convolution present
-    when the channels change or `down`.
+    when the channels change or `down`. `activation` replaces relu.
     """
 
-    def __init__(self, in_channels, out_channels, down, stem=False, **kwargs):
+    def __init__(
+        self, in_channels, out_channels, down, stem=False, activation="relu", **kwargs
+    ):
         super().__init__(**kwargs)
         self.down = down
         self.stem = stem
+        self.act = keras.activations.get(activation)
         self.conv_1 = _conv(out_channels, 3, "conv_1")
         self.conv_2 = _conv(out_channels, 3, "conv_2")
         self.sc = None
@@ -36,8 +39,8 @@ class EBMBlock(layers.Layer):
         self.pool = layers.AveragePooling2D(pool_size=2)
 
     def call(self, x):
-        h = x if self.stem else ops.relu(x)
-        h = self.conv_2(ops.relu(self.conv_1(h)))
+        h = x if self.stem else self.act(x)
+        h = self.conv_2(self.act(self.conv_1(h)))
         if self.down:
             h = self.pool(h)
         if self.stem:
@@ -54,22 +57,38 @@ class SNGANEnergyNet(keras.Model):
         channels: output channels of the stem, then of each block.
         down: for each block after the stem, whether it halves the size.
         image_shape: `(H, W, C)`.
+        activation: relu (the reference), or any Keras activation. With relu
+            the energy is piecewise linear in x, its Hessian zero almost
+            everywhere: a Langevin step's Jacobian is the identity, and the
+            exact gradient through purification is the straight-through
+            (BPDA) one. A smooth activation (e.g. silu) makes them differ.
     """
 
-    def __init__(self, channels, down, image_shape, **kwargs):
+    def __init__(self, channels, down, image_shape, activation="relu", **kwargs):
         super().__init__(**kwargs)
         if len(down) != len(channels) - 1:
             raise ValueError("`down` needs one entry per block after the stem")
         self.channels = list(channels)
         self.down = list(down)
         self.image_shape = tuple(image_shape)
+        self.activation = activation
+        self.act = keras.activations.get(activation)
         self.blocks = [
-            EBMBlock(image_shape[-1], channels[0], True, stem=True, name="conv_1")
+            EBMBlock(
+                image_shape[-1],
+                channels[0],
+                True,
+                stem=True,
+                activation=activation,
+                name="conv_1",
+            )
         ]
         for i, (c_in, c_out, d) in enumerate(
             zip(channels[:-1], channels[1:], down, strict=True)
         ):
-            self.blocks.append(EBMBlock(c_in, c_out, d, name=f"block{i + 2}"))
+            self.blocks.append(
+                EBMBlock(c_in, c_out, d, activation=activation, name=f"block{i + 2}")
+            )
         n = len(channels) + 1
         self.head = layers.Dense(1, use_bias=False, name=f"lin_{n}")
         self(ops.zeros((1,) + self.image_shape))  # creates every weight
@@ -77,12 +96,15 @@ class SNGANEnergyNet(keras.Model):
     def call(self, x):
         for block in self.blocks:
             x = block(x)
-        return self.head(ops.mean(ops.relu(x), axis=(1, 2)))
+        return self.head(ops.mean(self.act(x), axis=(1, 2)))
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            channels=self.channels, down=self.down, image_shape=self.image_shape
+            channels=self.channels,
+            down=self.down,
+            image_shape=self.image_shape,
+            activation=self.activation,
         )
         return config
 
