@@ -7,7 +7,9 @@ Speed (one batch of `attack.batch_size` images x H_adv replicates, K_def
 steps, compiled, median of `--repeats`): image-steps per second of
 - the Langevin core alone (`keras_ebm.sampling.langevin`), the same chains;
 - one BPDA+EOT gradient (`attack.eot_logits_and_grad`, grad_steps 0);
-- one full-gradient step (grad_steps K_def, checkpointed every ~sqrt(K_def)).
+- one full-gradient step (grad_steps K_def, checkpointed every ~sqrt(K_def)),
+and how far the exact gradient is from the straight-through one with the
+same noise (for a ReLU EBM: zero up to rounding).
 
 Memory (`--memory_images` images x H_adv replicates, each case in a fresh
 process): the peak resident memory of one full-gradient step above the same
@@ -100,6 +102,19 @@ def speed(config, workdir):
         print(
             f"{name:>18}: {seconds:7.2f} s, {image_steps / seconds:9.0f} image-steps/s"
         )
+    # ReLU energies are piecewise linear: their Hessian vanishes almost
+    # everywhere, so the exact gradient through the purification should be
+    # the straight-through one. Same seed, same loss (cross-entropy).
+    same_loss = report.settings_of(config, grad_steps=k)
+    _, g_full = attack.eot_logits_and_grad(d, x, y, same_loss, seed)
+    _, g_bpda = attack.eot_logits_and_grad(d, x, y, bpda, seed)
+    out["full_vs_bpda_gradient_max_relative_difference"] = float(
+        tf.reduce_max(tf.abs(g_full - g_bpda)) / tf.reduce_max(tf.abs(g_bpda))
+    )
+    print(
+        "full vs BPDA gradient (cross-entropy, same noise): max relative "
+        f"difference {out['full_vs_bpda_gradient_max_relative_difference']:.2e}"
+    )
     core_rate = out["langevin_core"]["image_steps_per_second"]
     out["bpda_over_core"] = (
         out["bpda_eot_gradient"]["image_steps_per_second"] / core_rate

@@ -220,7 +220,7 @@ def random_start(x, settings):
     return clip_eta(eta, norm, settings.eps)
 
 
-def batch_attack(defended, settings):
+def batch_attack(defended, settings, on_step=None):
     """A compiled attack on one batch.
 
     Returns `run(x, labels, eta0, seed)` -> `(record [num_steps + 2, B] bool,
@@ -228,6 +228,8 @@ def batch_attack(defended, settings):
     monotone defended record, whether the H_adv replicates classified each
     PGD iterate correctly, each image's first verified-broken iterate (the
     natural image where none broke it), and the last PGD iterate.
+    `on_step(iterate, accuracy)`, if given, is called from inside the
+    compiled loop after each iterate (a progress bar on long batches).
     """
     h_def = settings.def_replicates
 
@@ -269,6 +271,9 @@ def batch_attack(defended, settings):
                 defended_now = tf.logical_and(defended_now, tf.logical_not(broken))
             record = record.write(i + 1, defended_now)
             adv_correct = adv_correct.write(i, correct)
+            if on_step is not None:
+                accuracy = tf.reduce_mean(tf.cast(defended_now, tf.float32))
+                tf.py_function(on_step, [i, accuracy], [])
             # The update after the last evaluation is discarded (as the
             # reference), so x_adv ends as the num_steps-th PGD iterate.
             if i < n:
@@ -302,6 +307,7 @@ def evaluate(
     batch_size,
     seed=0,
     progress=None,
+    on_step=None,
 ):
     """Runs the attack over `images` in batches and summarizes it.
 
@@ -340,7 +346,7 @@ def evaluate(
     else:
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=2)
-    run = batch_attack(defended, settings)
+    run = batch_attack(defended, settings, on_step)
     starts = range(0, len(images), batch_size)
     records, corrects, times = [], [], []
     steps = 0

@@ -114,17 +114,24 @@ def run_attack(name, defended, images, labels, settings, out, config, step, seed
         batch_size=a.batch_size,
     )
     folder = os.path.join(out, f"{name}_k{defended.num_steps}_s{seed}_{key}")
+    # One tick per PGD iterate of every batch: a batch of a long attack
+    # takes minutes.
+    per_batch = settings.num_steps + 1
     batches = -(-len(images) // a.batch_size)
     bar = tqdm(
-        total=batches,
+        total=batches * per_batch,
         desc=f"{name} (K_def {defended.num_steps}, seed {seed})",
-        unit="batch",
+        unit="PGD step",
     )
 
     def progress(done, total, record):
-        bar.n = done
+        bar.n = done * per_batch
         bar.set_postfix(robust=f"{record[-1].mean():.3f}", images=record.shape[1])
         bar.refresh()
+
+    def on_step(iterate, accuracy):
+        bar.update(1)
+        bar.set_postfix(batch_robust=f"{float(accuracy):.3f}", refresh=False)
 
     try:
         result = attack.evaluate(
@@ -136,6 +143,7 @@ def run_attack(name, defended, images, labels, settings, out, config, step, seed
             batch_size=a.batch_size,
             seed=seed,
             progress=progress,
+            on_step=on_step,
         )
     finally:
         bar.close()
