@@ -147,3 +147,24 @@ class ClassifierNetworksTest(tf.test.TestCase):
         x = tf.zeros((3, 16, 16, 1))
         self.assertEqual(tuple(cnn.features(x).shape), (3, 128))
         self.assertEqual(tuple(cnn(x).shape), (3, 10))
+
+
+def test_ebm_activation_reaches_every_nonlinearity():
+    # With the identity as activation the whole network is affine in x: the
+    # energy of a midpoint is the mean of the energies. A relu left anywhere
+    # (block input, inside a block, before the head) would break that.
+    net = networks.build(
+        "ebm_small", image_shape=(8, 8, 1), width=8, activation="linear"
+    )
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-1, 1, (2, 4, 8, 8, 1)).astype("float32")
+    mid = net((a + b) / 2).numpy()
+    np.testing.assert_allclose(mid, (net(a).numpy() + net(b).numpy()) / 2, atol=1e-5)
+    relu = networks.build("ebm_small", image_shape=(8, 8, 1), width=8)
+    assert relu.count_params() == net.count_params()
+    assert (
+        networks.build(
+            "ebm_small", image_shape=(8, 8, 1), width=8, activation="silu"
+        ).get_config()["activation"]
+        == "silu"
+    )
