@@ -137,6 +137,8 @@ def main(argv):
 def undefended_pgd(config, classifier, x, y, model):
     """PGD accuracy of the undefended classifier at each `--pgd_eps`, over
     `attack.num_seeds` random starts (the choice of the attack radius)."""
+    import dataclasses
+
     import numpy as np
 
     from keras_ebm.defense import attack, report
@@ -144,8 +146,9 @@ def undefended_pgd(config, classifier, x, y, model):
     plain = report.purify.DefendedClassifier(model, classifier, 0)
     print(f"undefended PGD, {config.attack.num_steps} steps of eps/4, random start")
     for eps in (float(e) for e in flags.FLAGS.pgd_eps):
-        s = report.undefended_settings(config)
-        s = attack.AttackSettings(**dict(vars(s), eps=2 * eps, step_size=2 * eps / 4))
+        s = dataclasses.replace(
+            report.undefended_settings(config), eps=2 * eps, step_size=2 * eps / 4
+        )
         accs = []
         for seed in report.attack_seeds(config):
             r = attack.evaluate(
