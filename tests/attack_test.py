@@ -471,3 +471,30 @@ def test_through_a_relu_energy_the_full_gradient_is_the_bpda_gradient(activation
     else:
         gap = np.abs(full.numpy() - bpda.numpy()).max()
         assert gap > 1e-3 * np.abs(bpda.numpy()).max()
+
+
+def test_purification_image_steps_count_every_forward_chain():
+    # 3 images, 2 PGD steps (3 iterates). Row i of the record holds the
+    # images defended before iterate i; an image is verified when its H_adv
+    # replicates are wrong and it is still defended. Counted by hand:
+    record = np.array(
+        [
+            [True, True, False],  # natural verification
+            [True, True, False],  # after iterate 0
+            [True, False, False],  # after iterate 1
+            [True, False, False],  # after iterate 2
+        ]
+    )
+    adv_correct = np.array(
+        [
+            [True, False, False],  # iterate 0: image 1 checked (2 not defended)
+            [False, False, True],  # iterate 1: images 0 and 1 checked
+            [True, True, True],  # iterate 2: none
+        ]
+    )
+    s = attack.AttackSettings(
+        eps=0.1, step_size=0.1, num_steps=2, adv_replicates=4, def_replicates=7
+    )
+    # K_def x (H_adv x 3 images x 3 iterates + H_def x (3 naturals + 3 checks))
+    want = 10 * (4 * 3 * 3 + 7 * (3 + 3))
+    assert attack.purification_image_steps(record, adv_correct, s, 10) == want
