@@ -11,16 +11,15 @@ steps, compiled, median of `--repeats`): image-steps per second of
 and how far the exact gradient is from the straight-through one with the
 same noise (for a ReLU EBM: zero up to rounding).
 
-Memory (`--memory_images` images x H_adv replicates, each case in a fresh
-process): the peak resident memory of one full-gradient step above the same
-process after a BPDA step, for K_def 100 and 1000, checkpointed every
-~sqrt(K_def) steps and with one segment (every step on the tape). Writes
+Memory (`--memory_images` images x H_adv replicates): the peak of
+TensorFlow's own allocator count during one full-gradient step, for K_def
+100 and 1000, checkpointed every ~sqrt(K_def) steps and with one segment
+(every step on the tape), beside a BPDA step's. Writes
 `<workdir>/eval/attack_cost.json`.
 """
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -32,11 +31,8 @@ from absl import app, flags  # noqa: E402
 from keras_ebm import cli, run  # noqa: E402
 
 flags.DEFINE_integer("repeats", 3, "timed calls per measurement (median)")
-flags.DEFINE_integer("memory_images", 2, "images per memory measurement")
+flags.DEFINE_integer("memory_images", 8, "images per memory measurement")
 flags.DEFINE_list("memory_k_defs", ["100", "1000"], "K_def of the memory cases")
-flags.DEFINE_string(
-    "memory_case", "", "internal: `k_def,segment` measured in this process"
-)
 
 
 def load(config, workdir):
@@ -126,70 +122,60 @@ def speed(config, workdir):
     return out
 
 
-def memory_case(config, workdir, k, segment):
-    """Peak RSS growth (MiB) of one exact-gradient step through K_def = k
-    steps with checkpoints every `segment` steps, over the same process
-    after a BPDA step (which runs the same forward chain)."""
-    import resource
-
+def memory(config, workdir, k_defs):
+    """Peak TensorFlow memory (MiB, the allocator's own count,
+    `tf.config.experimental.get_memory_info`) of one exact-gradient step
+    through K_def steps, checkpointed every ~sqrt(K_def) steps and with one
+    segment (every step on the tape), beside the BPDA step's."""
     import tensorflow as tf
 
     from keras_ebm.defense import attack, report
 
     model, classifier, images, labels = load(config, workdir)
     n = flags.FLAGS.memory_images
-    d = report.defended_classifier(config, model, classifier, k)
     x, y = tf.constant(images[:n]), tf.constant(labels[:n], tf.int32)
     seed = tf.constant([0, 1])
-    bpda = report.settings_of(config)
-    exact = report.settings_of(config, grad_steps=k, checkpoint_every=segment)
-    tf.function(lambda: attack.eot_logits_and_grad(d, x, y, bpda, seed))()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    started = time.perf_counter()
-    tf.function(lambda: attack.eot_logits_and_grad(d, x, y, exact, seed))()
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(
-        k_def=k,
-        segment=segment,
-        chains=n * config.attack.adv_replicates,
-        baseline_mib=base,
-        peak_mib=peak,
-        growth_mib=peak - base,
-        seconds=seconds,
-    )
+    cases = []
+    for k in k_defs:
+        d = report.defended_classifier(config, model, classifier, k)
+        for segment in (None, attack.segment_length(k), k):
+            if segment is None:  # BPDA: nothing of the chain on a tape
+                s = report.settings_of(config)
+            else:
+                s = report.settings_of(config, grad_steps=k, checkpoint_every=segment)
+            step = tf.function(
+                lambda d=d, s=s: attack.eot_logits_and_grad(d, x, y, s, seed)
+            )
+            step()  # trace outside the measurement
+            tf.config.experimental.reset_memory_stats("CPU:0")
+            started = time.perf_counter()
+            step()
+            seconds = time.perf_counter() - started
+            peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20
+            case = dict(
+                k_def=k,
+                segment=segment or 0,
+                chains=n * config.attack.adv_replicates,
+                peak_mib=peak,
+                seconds=seconds,
+            )
+            cases.append(case)
+            name = "BPDA" if segment is None else f"exact, segment {segment:4d}"
+            print(
+                f"K_def {k:5d}, {name:>19}: peak {peak:9.1f} MiB "
+                f"({case['chains']} chains, {seconds:.1f} s)",
+                flush=True,
+            )
+    return cases
 
 
 def main(argv):
     config, workdir = cli.resolved()
     config = run.run_config(config, workdir)
-    if flags.FLAGS.memory_case:
-        k, segment = (int(v) for v in flags.FLAGS.memory_case.split(","))
-        print("RESULT " + json.dumps(memory_case(config, workdir, k, segment)))
-        return
-    from keras_ebm.defense import attack
-
-    result = dict(speed=speed(config, workdir), memory=[])
-    for k in (int(v) for v in flags.FLAGS.memory_k_defs):
-        for segment in (attack.segment_length(k), k):
-            args = [a for a in sys.argv if not a.startswith("--memory_case")]
-            proc = subprocess.run(
-                [sys.executable, *args, f"--memory_case={k},{segment}"],
-                capture_output=True,
-                text=True,
-            )
-            line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")]
-            if not line:
-                print(proc.stderr[-2000:])
-                continue
-            case = json.loads(line[0][len("RESULT ") :])
-            result["memory"].append(case)
-            print(
-                f"K_def {k:5d}, segment {segment:5d}: peak +{case['growth_mib']:8.1f} "
-                f"MiB over {case['baseline_mib']:.0f} MiB ({case['chains']} chains, "
-                f"{case['seconds']:.1f} s)",
-                flush=True,
-            )
+    result = dict(
+        speed=speed(config, workdir),
+        memory=memory(config, workdir, [int(v) for v in flags.FLAGS.memory_k_defs]),
+    )
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "attack_cost.json"), "w") as f:
