@@ -123,6 +123,12 @@ def test_reported_figures_in_closed_form(tmp_path):
     # margin is still positive at every iterate so far.
     want_curve = [1.0] + [np.mean(g[:, 1 : t + 2].min(1) > 0) for t in range(5)]
     np.testing.assert_allclose(a["undefended"]["curve"], want_curve)
+    # The last fifth of 4 PGD steps is the last one: the images that break
+    # at the very last iterate.
+    assert a["undefended"]["last_fifth_drop"] == pytest.approx(
+        want_curve[-2] - want_curve[-1]
+    )
+    assert a["undefended"]["last_fifth_drop"] > 0
     saved = json.loads((tmp_path / "eval" / "attack" / "results.json").read_text())
     assert saved["attacks"]["bpda_eot"]["robust_accuracy"] == pytest.approx(
         robust_defended
@@ -190,3 +196,18 @@ def test_every_seed_is_an_independent_run(tmp_path):
     assert bpda["natural_range"] == [min(natural), max(natural)]
     folders = [p.name for p in (tmp_path / "eval" / "attack").iterdir() if p.is_dir()]
     assert sum(f.startswith("bpda_eot_") for f in folders) == 3
+
+
+def test_disjoint_compares_every_seed_s_interval():
+    # Defended mean 0.5 far above the undefended 0.2, but one defended
+    # seed's interval reaches down to 0.25, below an undefended upper bound
+    # of 0.3: not disjoint.
+    attacks = dict(
+        undefended=dict(robust_accuracy=0.2, robust_ci95_highest=0.3),
+        bpda_eot=dict(robust_accuracy=0.5, robust_ci95_lowest=0.25),
+        full_gradient=dict(robust_accuracy=0.5, robust_ci95_lowest=0.31),
+    )
+    worst = dict(robust_accuracy=0.45, robust_ci95_lowest=0.29)
+    assert report.disjoint_from_undefended(attacks, worst) == dict(
+        bpda_eot=False, full_gradient=True, worst_case=False
+    )
