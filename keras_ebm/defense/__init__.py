@@ -6,5 +6,6 @@ from the attacks that measure it:
 - `attack`: PGD with EOT, BPDA or exact gradients through the purification,
   the monotone per-image record, resumable runs;
 - `report`: the midrun robustness report (undefended, BPDA+EOT, the
-  full-gradient attack, worst case, seeds, the K_def curves).
+  full-gradient attack, worst case, seeds, the K_def curves);
+- `outputs`: what the report writes (CSV, PNG, TensorBoard, the table).
 """
