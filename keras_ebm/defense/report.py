@@ -208,6 +208,8 @@ def report(config, workdir, model, classifier, step, images, labels):
     defended_runs = {k: r for k, r in runs.items() if k != "undefended"}
     worst = worst_case(defended_runs) if len(defended_runs) > 1 else None
     curve = []
+    # The curve's adaptive points carry the main adaptive attack's name.
+    adaptive_label = adaptive_name(full_gradient_settings(config, k_def), k_def)
     if a.k_def_curve:
         count = a.curve_images or None
         for k in a.k_def_curve:
@@ -219,7 +221,7 @@ def report(config, workdir, model, classifier, step, images, labels):
                 )[0]
                 curve.append(dict(k_def=0, attack="bpda_eot", **_summary(r)))
                 if a.adaptive:
-                    curve.append(dict(k_def=0, attack="full_gradient", **_summary(r)))
+                    curve.append(dict(k_def=0, attack=adaptive_label, **_summary(r)))
                 continue
             d = defended_classifier(config, model, classifier, int(k))
             r = each_seed("bpda_eot", d, settings_of(config), seeds[:1], count)[0]
@@ -227,7 +229,7 @@ def report(config, workdir, model, classifier, step, images, labels):
             if a.adaptive:
                 s = full_gradient_settings(config, int(k))
                 r = each_seed(adaptive_name(s, int(k)), d, s, seeds[:1], count)[0]
-                curve.append(dict(k_def=int(k), attack="full_gradient", **_summary(r)))
+                curve.append(dict(k_def=int(k), attack=adaptive_label, **_summary(r)))
     attacks = {k: aggregate(r) for k, r in runs.items()}
     results = dict(
         checkpoint_step=step,
