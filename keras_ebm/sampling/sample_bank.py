@@ -65,7 +65,10 @@ class SampleBank(keras.layers.Layer):
                 initializer="zeros",
                 trainable=False,
                 autocast=False,
-                aggregation="only_first_replica",
+                # Every replica applies the same all-gathered scatter to its
+                # own copy (`update`), so the copies stay identical without
+                # a merge: "none" keeps the write local and O(B).
+                aggregation="none",
             )
 
         n = self.num_states
@@ -102,33 +105,36 @@ class SampleBank(keras.layers.Layer):
         return mask
 
     def draw(self, indices):
-        """Returns `(states, counts, latents or None)` at `indices`."""
-        latents = None
-        if self.latents is not None:
-            latents = ops.take(self.latents, indices, axis=0)
-        return (
-            ops.take(self.states, indices, axis=0),
-            ops.take(self.counts, indices, axis=0),
-            latents,
-        )
+        """Returns `(states, counts, latents or None)` at `indices`.
+
+        A sparse read of this replica's copy: a dense read of a variable
+        that is also scattered into makes TensorFlow copy the whole bank
+        every step (and `tf.gather` of a mirrored variable reads it densely).
+        """
+
+        def take(variable):
+            return tf.gather(_local_copy(variable), indices)
+
+        latents = take(self.latents) if self.latents is not None else None
+        return take(self.states), take(self.counts), latents
 
     def update(self, indices, states, counts, latents=None):
-        """Writes rows back in place.
+        """Writes rows back in place, O(B) whatever the bank size.
 
         Under a `tf.distribute` strategy the rows of every replica are
-        gathered first and every replica applies the same scatter, so the one
-        global bank stays identical everywhere and is saved whole.
+        gathered first and every replica scatters the same B rows into its
+        own copy, so the one global bank stays identical everywhere (and is
+        saved whole) with no copy of the bank per step.
         """
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             indices, states, counts = ctx.all_gather([indices, states, counts], axis=0)
             if latents is not None:
                 latents = ctx.all_gather(latents, axis=0)
-        idx = indices[:, None]
-        _scatter(self.states, idx, states)
-        _scatter(self.counts, idx, counts)
+        _scatter(self.states, indices, states)
+        _scatter(self.counts, indices, counts)
         if latents is not None:
-            _scatter(self.latents, idx, latents)
+            _scatter(self.latents, indices, latents)
 
     def fill(self, states, latents=None, counts=None):
         """Overwrites the whole bank (initialization)."""
@@ -155,14 +161,22 @@ class SampleBank(keras.layers.Layer):
         return config
 
 
-def _scatter(variable, indices, rows):
-    """In-place scatter; a whole-tensor assign on distributed variables.
+def _local_copy(variable):
+    """The TensorFlow variable this replica reads: its own copy of a
+    mirrored variable (TF offers no public sparse read of one: `tf.gather`
+    of a `MirroredVariable` reads all of it). On TPUs, where XLA compiles
+    the step and no read copies the bank, the variable itself."""
+    v = variable.value
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy):
+        return v
+    return getattr(v, "_get_on_device_or_primary", lambda: v)()
 
-    `scatter_nd_update` touches only the B rows, but mirrored variables do
-    not implement it, so under a strategy we pay a full copy instead.
+
+def _scatter(variable, indices, rows):
+    """Writes `rows` at `indices` of a bank variable in place.
+
+    The TensorFlow variable's own sparse update touches only those rows, on
+    one device and on each replica's local copy of a mirrored variable
+    (aggregation "none"); Keras variables offer only whole assigns.
     """
-    target = variable.value
-    if tf.distribute.has_strategy():
-        variable.assign(tf.tensor_scatter_nd_update(target, indices, rows))
-    else:
-        target.scatter_nd_update(indices, rows)
+    variable.value.scatter_update(tf.IndexedSlices(rows, indices))
