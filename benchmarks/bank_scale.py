@@ -77,7 +77,8 @@ def main(_):
     for s, (model, _) in runs.items():
         mb = model.bank.num_states * 32 * 32 * 3 * 4 / 1e6
         med = np.median(times[s])
-        print(f"| {model.bank.num_states} | {mb:.0f} | {1e3 * med:.1f} | {med / base:.3f} |")
+        ms, ratio = 1e3 * med, med / base
+        print(f"| {model.bank.num_states} | {mb:.0f} | {ms:.1f} | {ratio:.3f} |")
 
 
 if __name__ == "__main__":
