@@ -25,6 +25,80 @@ def get_strategy(name="default"):
     raise ValueError(f"unknown strategy {name!r}")
 
 
+def is_chief(strategy=None):
+    """Whether this process writes the run's files.
+
+    Under `MultiWorkerMirroredStrategy` every worker runs the same steps on
+    the same global state (the banks and weights are mirrored), so one
+    writer suffices: the `chief` task if the cluster names one, else worker
+    0 (TensorFlow's convention). Every other strategy runs in one process.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def step_logs(logs):
+    """A `train_step`'s returned metrics, shaped for Keras' reduction.
+
+    Keras 3 reduces a multi-worker step's outputs with
+    `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars ("Invalid
+    reduction dimension 0 for input with 0 dimensions", tensorflow#72388);
+    a leading axis of one makes that the mean over workers, a scalar again.
+    """
+    if isinstance(
+        tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy
+    ):
+        return {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
+
+
+def checksums(variables):
+    """Exact per-variable fingerprints: the index-weighted sum of each
+    variable's bit patterns in int64 (order-free, so identical copies give
+    identical sums on any device)."""
+
+    def one(v):
+        v = tf.reshape(tf.convert_to_tensor(v), [-1])
+        if v.dtype.is_floating:
+            v = tf.bitcast(tf.cast(v, tf.float32), tf.int32)
+        v = tf.cast(v, tf.int64)
+        weight = tf.range(tf.size(v, tf.int64), dtype=tf.int64) % 1009 + 1
+        return tf.reduce_sum(v * weight)
+
+    return tf.stack([one(v) for v in variables])
+
+
+def check_replicas_agree(variables, strategy):
+    """Raises `RuntimeError` naming the variables whose replicas differ.
+
+    Every replica (on every worker) fingerprints its own copy of each
+    variable (`checksums`) and the fingerprints are gathered: one global
+    bank and one set of weights means one row for all. Collective under a
+    multi-worker strategy: every worker must call it. Returns the number of
+    replicas compared.
+    """
+    variables = list(variables)
+    per_replica = strategy.run(tf.function(lambda: checksums(variables)))
+    rows = (
+        strategy.gather(per_replica, axis=0)
+        .numpy()
+        .reshape(strategy.num_replicas_in_sync, len(variables))
+    )
+    differ = [
+        v.path for v, col in zip(variables, rows.T, strict=True) if len(set(col)) > 1
+    ]
+    if differ:
+        raise RuntimeError(
+            f"replicas disagree on {len(differ)} variables: {', '.join(differ[:5])}"
+        )
+    return strategy.num_replicas_in_sync
+
+
 def replica_info():
     """`(replica_id, num_replicas)` of the current replica context."""
     ctx = tf.distribute.get_replica_context()

@@ -154,9 +154,15 @@ def load_generator(generator, path):
 # === Training ===
 
 
+# Fields that do not change what a run computes: its length, and where it
+# runs (a mirrored or multi-worker step is the one-device step).
+RUN_INDEPENDENT_TRAIN_FIELDS = ("num_steps", "strategy")
+
+
 def check_workdir(config, workdir):
-    """Refuses to mix runs: a workdir's config may differ only in length
-    and in how it is evaluated (`EVALUATION_SECTIONS`)."""
+    """Refuses to mix runs: a workdir's config may differ only in length,
+    in the devices it runs on (`RUN_INDEPENDENT_TRAIN_FIELDS`) and in how it
+    is evaluated (`EVALUATION_SECTIONS`)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
@@ -164,7 +170,8 @@ def check_workdir(config, workdir):
         old = json.load(f)
     new = json.loads(config.to_json_best_effort())
     for c in (old, new):
-        c.get("train", {}).pop("num_steps", None)
+        for field in RUN_INDEPENDENT_TRAIN_FIELDS:
+            c.get("train", {}).pop(field, None)
         for section in EVALUATION_SECTIONS + ("preset",):
             c.pop(section, None)
     if old != new:
@@ -210,9 +217,13 @@ def train(config, workdir, build, check):
     tf.random.set_seed(None)
     with strategy.scope():
         model = build(config)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    # Multi-worker: every worker trains, the chief alone writes (the others
+    # read the same workdir to resume, so it must be shared by all hosts).
+    chief = distribute.is_chief(strategy)
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     log.info("config: %s", config.to_json_best_effort(sort_keys=True))
     for name, bank in model.banks.items():
         log.info("%s: %d states (requested %d)", name, bank.num_states, bank.size)
@@ -227,7 +238,8 @@ def train(config, workdir, build, check):
         step = 0
         if model.banks:
             model.initialize_bank(initial_data(config, model, source))
-        callbacks.save_checkpoint(model, workdir, 0, config.train.keep_checkpoints)
+        if chief:
+            callbacks.save_checkpoint(model, workdir, 0, config.train.keep_checkpoints)
 
     tr = config.train
     if step >= tr.num_steps:
@@ -253,9 +265,26 @@ def train(config, workdir, build, check):
             callbacks.Checkpointer(
                 workdir, tr.checkpoint_every, tr.num_steps, tr.keep_checkpoints
             ),
-        ],
+        ]
+        if chief
+        else [],
     )
+    if strategy.num_replicas_in_sync > 1:
+        # Cheap insurance for long distributed runs: one global state means
+        # every replica's copy is bit-identical.
+        n = distribute.check_replicas_agree(state_variables(model), strategy)
+        if chief:
+            print(f"All {n} replicas hold identical weights, optimizers and banks.")
     return model
+
+
+def state_variables(model):
+    """Every variable a resume needs: weights, banks, both optimizers."""
+    out = list(model.weights)
+    for opt in (model.ebm_optimizer, model.gen_optimizer):
+        if opt is not None:
+            out += list(opt.variables)
+    return out
 
 
 def initial_data(config, model, source):

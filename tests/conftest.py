@@ -1,5 +1,6 @@
 """Test set-up: two logical CPUs (for MirroredStrategy tests), quiet TF."""
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -12,6 +13,15 @@ tf.config.set_logical_device_configuration(
     _cpus[0],
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
 )
+
+
+@functools.cache
+def mirrored_strategy():
+    """One MirroredStrategy over the two logical CPUs for the whole session:
+    strategies created side by side in one process reuse collective instance
+    keys, and a gather of another dtype then aborts ("Collective instance
+    100 expected type 0 and data_type 1")."""
+    return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm import distribute, run
+from tests.conftest import mirrored_strategy
 from tests.energy_model_test import data_batch, smoke_config
 
 
@@ -35,7 +36,7 @@ def _build(config, strategy=None, lr=1e-5):
 
 
 def _mirrored():
-    return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    return mirrored_strategy()
 
 
 class DistributeTest(tf.test.TestCase):
@@ -52,7 +53,7 @@ class DistributeTest(tf.test.TestCase):
         single = run.build_model(config)
         single.compile(keras.optimizers.SGD(0.1), keras.optimizers.SGD(0.1))
         single.initialize_bank()
-        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        strategy = mirrored_strategy()
         with strategy.scope():
             mirrored = run.build_model(config)
             mirrored.compile(keras.optimizers.SGD(0.1), keras.optimizers.SGD(0.1))
@@ -101,8 +102,23 @@ class DistributeTest(tf.test.TestCase):
                     copies = [v.numpy() for v in var.value.values]
                     self.assertAllEqual(copies[0], copies[1])
 
+    def test_replicas_agree_names_a_diverged_copy(self):
+        strategy = _mirrored()
+        with strategy.scope():
+            same = keras.Variable(np.arange(6.0), name="same")
+            apart = keras.Variable(np.zeros(3, "int32"), name="apart")
+        self.assertEqual(distribute.check_replicas_agree([same, apart], strategy), 2)
+
+        def diverge():  # aggregation "none": each replica writes its own copy
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            apart.value.assign(tf.fill([3], rid))
+
+        strategy.run(tf.function(diverge))
+        with self.assertRaisesRegex(RuntimeError, "disagree on 1 variables: apart"):
+            distribute.check_replicas_agree([same, apart], strategy)
+
     def test_replica_rows_and_loss_scaling(self):
-        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        strategy = mirrored_strategy()
         seed = tf.constant([1, 2])
 
         def fn():

@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm.sampling import SampleBank
+from tests.conftest import mirrored_strategy
 
 
 class SampleBankTest(tf.test.TestCase):
@@ -25,7 +26,7 @@ class SampleBankTest(tf.test.TestCase):
     def test_replicas_share_the_one_device_draw(self):
         bank = SampleBank(64, 16, (2,))
         seed = tf.constant([0, 0])
-        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        strategy = mirrored_strategy()
         shares = strategy.experimental_local_results(
             strategy.run(lambda: bank.draw_indices(seed))
         )

@@ -301,7 +301,9 @@ class EnergyModel(keras.Model):
             x_pos, x_data = data["x"], data.get("x_init")
         else:
             x_pos, x_data = data, None
-        batch_size = x_pos.shape[0]
+        # Static where it is known; a multi-worker input pipeline leaves the
+        # per-replica batch dimension unknown.
+        batch_size = x_pos.shape[0] or tf.shape(x_pos)[0]
         seeds = self.step_seeds()
         x_init, z, pending, metrics = self.start_chains(batch_size, seeds, x_data)
         x_neg, stats = self.run_chains(x_init, self.num_steps, seeds.langevin)
@@ -309,7 +311,7 @@ class EnergyModel(keras.Model):
         # ML update of the EBM: one forward pass over positives and negatives.
         noise = distribute.replica_rows(
             lambda shape: tf.random.stateless_normal(shape, seeds.data_noise),
-            tuple(x_pos.shape),
+            tf.shape(x_pos),
         )
         x_pos = x_pos + self.data_noise_std * noise
         ebm_vars = self.energy_net.trainable_variables
@@ -325,7 +327,9 @@ class EnergyModel(keras.Model):
             gen_vars = self.generator.trainable_variables
             with tf.GradientTape() as tape:
                 x_gen = self.generate(z, self.generator_batch_stats)
-                gen_loss = ops.sum(ops.square(x_neg - x_gen)) / batch_size
+                gen_loss = ops.sum(ops.square(x_neg - x_gen)) / ops.cast(
+                    batch_size, "float32"
+                )
                 scaled = distribute.scale_for_replicas(gen_loss)
             self.gen_optimizer.apply(tape.gradient(scaled, gen_vars), gen_vars)
             metrics["gen_loss"] = gen_loss
@@ -344,7 +348,7 @@ class EnergyModel(keras.Model):
             # states a step transferred, which may be none).
             pair = value if isinstance(value, tuple) else (value,)
             self.trackers[name].update_state(*pair)
-        return {m.name: m.result() for m in self.metrics}
+        return distribute.step_logs({m.name: m.result() for m in self.metrics})
 
     # === Sampling ===
 
