@@ -112,10 +112,17 @@ def get_base_config():
             keep_checkpoints=3,
             jit_compile="auto",  # auto (XLA on GPU/TPU only), on, off
             strategy="default",  # default, mirrored, multi_worker, tpu
+            # float32, or bfloat16: the networks compute in bfloat16 (Keras
+            # mixed_bfloat16), chain states, banks, energies, the Langevin
+            # update and the losses stay float32.
+            precision="float32",
         )
     )
     c.eval = Config(
         dict(
+            # Networks' precision when a run is evaluated, purified, attacked
+            # or exported: "" = the training precision, or float32/bfloat16.
+            precision="",
             num_samples=512,  # chains for FID (compare FIDs at equal N)
             batch_size=128,
             num_steps=40,  # Langevin steps of the headline FID

@@ -14,6 +14,9 @@ def require(ok, field, message):
         raise ConfigError(f"config.{field}: {message}")
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 def check_config(config):
     """Validates the fields every EBM regime uses, before anything is built
     or written (a regime's own `check` adds its fields)."""
@@ -109,6 +112,16 @@ def check_config(config):
         tr.strategy in ("default", "mirrored", "multi_worker", "tpu"),
         "train.strategy",
         "must be default, mirrored, multi_worker or tpu",
+    )
+    require(
+        tr.get("precision", "float32") in PRECISIONS,
+        "train.precision",
+        "must be float32 or bfloat16",
+    )
+    require(
+        config.get("eval", {}).get("precision", "") in ("",) + PRECISIONS,
+        "eval.precision",
+        "must be '' (the training precision), float32 or bfloat16",
     )
     for field in ("ebm_lr", "gen_lr"):
         steps, rates = config.optim[field].steps, config.optim[field].rates

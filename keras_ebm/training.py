@@ -6,6 +6,7 @@ A run directory holds `config.json`, `checkpoints/`, `tensorboard/` and
 checkpoint.
 """
 
+import copy
 import json
 import logging
 import math
@@ -61,19 +62,20 @@ def build_model(config, model_class=EnergyModel, **extra):
     subclass's own constructor arguments (a regime's extra terms).
     """
     shape = state_shape(config)
-    energy_net = networks.build(
-        config.model.ebm, image_shape=shape, **config.model.ebm_kwargs
-    )
-    generator = None
-    if config.model.generator and config.init.source == "generator":
-        generator = networks.build(
-            config.model.generator,
-            image_shape=shape,
-            latent_dim=config.model.latent_dim,
-            **config.model.generator_kwargs,
+    with networks.precision(config.train.get("precision", "float32")):
+        energy_net = networks.build(
+            config.model.ebm, image_shape=shape, **config.model.ebm_kwargs
         )
-        if config.generator.weights:
-            load_generator(generator, config.generator.weights)
+        generator = None
+        if config.model.generator and config.init.source == "generator":
+            generator = networks.build(
+                config.model.generator,
+                image_shape=shape,
+                latent_dim=config.model.latent_dim,
+                **config.model.generator_kwargs,
+            )
+    if generator is not None and config.generator.weights:
+        load_generator(generator, config.generator.weights)
     bank = None
     if config.init.persistent:
         bank = SampleBank(
@@ -345,6 +347,10 @@ def load_trained(config, workdir, build=None):
             f"no checkpoint in {workdir}/checkpoints; train first with the same flags"
         )
     step, path = saved[-1]
+    precision = config.get("eval", {}).get("precision", "")
+    if precision:  # evaluate in another precision than the run trained in
+        config = copy.deepcopy(config)
+        config.train.precision = precision
     model = (build or build_model)(config)
     model.load_weights(path)
     return model, step

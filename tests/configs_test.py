@@ -126,6 +126,8 @@ def _train(tmp_path, *flags):
         ("--config.langevin.numsteps=3", "numsteps"),
         ("--config.langevin.num_steps=4.5", "num_steps"),
         ("--regime=adversarial", "unknown --regime"),
+        ("--config.train.precision=float16", "config.train.precision"),
+        ("--config.eval.precision=half", "config.eval.precision"),
     ],
 )
 def test_bad_flags_stop_before_writing(tmp_path, flag, message):

@@ -141,14 +141,17 @@ class EnergyModel(keras.Model):
         return {} if self.bank is None else {"bank": self.bank}
 
     def call(self, x):
-        return self.energy_net(x, training=False)
+        return ops.cast(self.energy_net(x, training=False), "float32")
 
     def energy(self, x):
-        """Raw energies `E(x)` of shape `[B]`."""
-        return ops.reshape(self.energy_net(x, training=False), (-1,))
+        """Raw energies `E(x)` of shape `[B]`, float32 whatever precision
+        the network computes in (the potential, its gradient, the chains
+        and the loss stay float32)."""
+        return ops.reshape(self.call(x), (-1,))
 
     def prior_energy(self, x):
-        return ops.reshape(self.prior_net(x, training=False), (-1,))
+        e = self.prior_net(x, training=False)
+        return ops.reshape(ops.cast(e, "float32"), (-1,))
 
     # === Compilation ===
 
@@ -193,7 +196,8 @@ class EnergyModel(keras.Model):
         )
 
     def generate(self, z, training=False):
-        return self.generator(z, training=training)
+        """`gen(z)` as float32 states."""
+        return ops.cast(self.generator(z, training=training), "float32")
 
     def fresh_states(self, batch_size, seed, x_data=None):
         """`(x, z)` from the init source; z is None without a generator."""

@@ -9,6 +9,10 @@
 - `clf_digits`, `clf_wrn28_10`: classifiers (digits CNN; WRN-28-10).
 """
 
+import contextlib
+
+import keras
+
 from keras_ebm.networks.classifier import DigitsCNN, WideResNet
 from keras_ebm.networks.sngan import SNGANEnergyNet, SNGANGenerator
 from keras_ebm.networks.toy import MLP
@@ -73,6 +77,25 @@ PLANNED = {
 }
 
 
+@contextlib.contextmanager
+def precision(name):
+    """Networks built inside compute in `name` (`float32` or `bfloat16`).
+
+    bfloat16 is Keras' `mixed_bfloat16` policy: variables stay float32,
+    layers cast their inputs to bfloat16 and compute in it. Outputs are
+    bfloat16; `EnergyModel` casts energies and generated states back to
+    float32, so chains, banks and losses never leave float32. bfloat16 has
+    float32's exponent range, so no loss scaling is needed.
+    """
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[name]
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
+
+
 def build(name, **kwargs):
     """Builds the registered network `name`; kwargs go to its constructor."""
     if name not in _REGISTRY:
@@ -89,6 +112,7 @@ __all__ = [
     "SNGANEnergyNet",
     "SNGANGenerator",
     "build",
+    "precision",
     "load_tf_checkpoint",
     "load_weights",
 ]
