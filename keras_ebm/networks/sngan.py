@@ -128,7 +128,10 @@ class GenBlock(layers.Layer):
         self.conv_1 = _conv(out_channels, 3, "conv_1")
         self.conv_2 = _conv(out_channels, 3, "conv_2")
         self.sc = layers.Conv2D(out_channels, 1, name="sc")
-        self.up = layers.UpSampling2D(interpolation="bilinear")
+        # float32 under any policy: XLA's bilinear-resize gradient in a
+        # bfloat16 graph yields float32 and the compile fails ("mixed
+        # precision is disallowed"); the resize has no weights and is cheap.
+        self.up = layers.UpSampling2D(interpolation="bilinear", dtype="float32")
 
     def call(self, x, training=False):
         h = self.up(ops.relu(self.bn_1(x, training=training)))
