@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import data, networks
+from keras_ebm import data, distribute, networks
 from keras_ebm.errors import ConfigError
 
 WEIGHTS = "classifier.weights.h5"
@@ -27,19 +27,24 @@ def train(config, workdir):
     Returns:
         `(model, test_accuracy)`.
     """
+    # First: a multi-worker strategy must exist before any TensorFlow op.
+    strategy = distribute.get_strategy(config.train.strategy)
     cc = config.classifier
     x_train, y_train = data.labeled(config, "train")
     x_test, y_test = data.labeled(config, "test")
-    model = build(config)
+    chief = distribute.is_chief(strategy)
+    with strategy.scope():
+        model = build(config)
     weights = os.path.join(workdir, WEIGHTS)
     if os.path.exists(weights):  # trained already: report, never overwrite
         model.load_weights(weights)
         acc = accuracy(model, x_test, y_test)
         print(f"classifier in {workdir} already trained: test accuracy {acc:.4f}")
         return model, acc
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     steps_per_epoch = len(x_train) // cc.batch_size
 
     def lr(epoch):  # piecewise constant in epochs, as the reference
@@ -50,11 +55,13 @@ def train(config, workdir):
         optimizer = keras.optimizers.SGD(lr(0), momentum=cc.momentum)
     else:
         optimizer = keras.optimizers.Adam(lr(0))
-    model.compile(
-        optimizer,
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    with strategy.scope():
+        model.compile(
+            optimizer,
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    distribute.shape_keras_steps(model)
     ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     ds = ds.shuffle(len(x_train), seed=config.seed).repeat()
     if cc.augment:
@@ -64,17 +71,20 @@ def train(config, workdir):
         ds,
         epochs=cc.epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=[
-            keras.callbacks.LearningRateScheduler(lr),
-            keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-        ],
-        verbose=2,
+        callbacks=[keras.callbacks.LearningRateScheduler(lr)]
+        + (
+            [keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"))]
+            if chief
+            else []
+        ),
+        verbose=2 if chief else 0,
         shuffle=False,  # the stream is shuffled already
     )
     _, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
-    model.save_weights(weights)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"test_accuracy": test_accuracy, "test_size": len(x_test)}, f)
+    if chief:
+        model.save_weights(weights)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"test_accuracy": test_accuracy, "test_size": len(x_test)}, f)
     print(f"test accuracy {test_accuracy:.4f} on {len(x_test)} images")
     return model, float(test_accuracy)
 

@@ -99,6 +99,17 @@ def check_replicas_agree(variables, strategy):
     return strategy.num_replicas_in_sync
 
 
+def shape_keras_steps(model):
+    """Applies `step_logs` to a stock Keras model's train and test steps
+    (the classifier's), whose metrics hit the same multi-worker bug."""
+    strategy = model.distribute_strategy
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    train_step, test_step = model.train_step, model.test_step
+    model.train_step = lambda data: step_logs(train_step(data))
+    model.test_step = lambda data: step_logs(test_step(data))
+
+
 def replica_info():
     """`(replica_id, num_replicas)` of the current replica context."""
     ctx = tf.distribute.get_replica_context()

@@ -207,10 +207,12 @@ def train(config, workdir, build, check):
     # The shared fields, then the dataset (its error says how to get it),
     # then the regime's own fields and resources (prior run, generator).
     check_config(config)
+    # Before any TensorFlow op: a multi-worker strategy configures the
+    # runtime's collectives and must come first.
+    strategy = distribute.get_strategy(config.train.strategy)
     source = data.images(config)
     check(config)
     check_workdir(config, workdir)
-    strategy = distribute.get_strategy(config.train.strategy)
     # Initial weights are a function of the seed too: two runs of one config
     # are the same run. Only Keras' seed is kept: TF's global seed (which
     # set_random_seed also sets) of 0 breaks tensor-seeded tf.data shuffles,
