@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
-	$(PY) benchmarks/langevin_throughput.py
+	$(PY) benchmarks/suite.py --json=benchmarks/suite.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

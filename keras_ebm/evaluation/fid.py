@@ -36,7 +36,9 @@ class Backbone:
     """
 
     def __init__(self, name, fn, batch_size=100, fingerprint=""):
-        self.name, self.fn, self.batch_size = name, fn, batch_size
+        # Compiled: called eagerly, a Keras network runs op by op.
+        self.fn = tf.function(fn)
+        self.name, self.batch_size = name, batch_size
         self.fingerprint = fingerprint
 
     def __call__(self, images):
