@@ -110,6 +110,23 @@ def shape_keras_steps(model):
     model.test_step = lambda data: step_logs(test_step(data))
 
 
+def worker_task(name):
+    """`(index, count, chief)` of this process among the workers named by
+    `TF_CONFIG` when `name` is `multi_worker` (the chief, if any, first),
+    else `(0, 1, True)`. Jobs that split work without collectives (the
+    attack's batches) need no strategy, only this."""
+    if name != "multi_worker":
+        return 0, 1, True
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec().as_dict()
+    tasks = [("chief", i) for i in range(len(spec.get("chief", [])))]
+    tasks += [("worker", i) for i in range(len(spec.get("worker", [])))]
+    if not tasks:
+        return 0, 1, True
+    index = tasks.index((resolver.task_type, resolver.task_id))
+    return index, len(tasks), index == 0
+
+
 def replica_info():
     """`(replica_id, num_replicas)` of the current replica context."""
     ctx = tf.distribute.get_replica_context()

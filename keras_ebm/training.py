@@ -335,6 +335,9 @@ def run_config(config, workdir):
     for section in EVALUATION_SECTIONS:
         if section in config:
             saved[section] = config[section]
+    # Where it runs is the caller's choice, not the run's.
+    if "train" in config and "strategy" in config.train:
+        saved.train.strategy = config.train.strategy
     return saved
 
 

@@ -326,6 +326,36 @@ def test_evaluate_resumes_with_each_batch_s_own_seeds(tmp_path):
     assert len(list((tmp_path / "a").glob("batch_*.npz"))) == 6
 
 
+def test_workers_split_the_batches_and_the_chief_summarizes(tmp_path):
+    # Worker 1 of 2 attacks batches 1 and 3 only and returns nothing; the
+    # chief then attacks 0 and 2, reads 1 and 3, and its summary equals a
+    # one-worker run (each batch's seeds are its own, whoever runs it).
+    clf, _ = two_class(seed=0)
+    d = purify.DefendedClassifier(gaussian_model(), clf, 3)
+    x = np.zeros((14, D), "float32")
+    y = np.zeros(14, "int32")
+    s = attack.AttackSettings(
+        eps=0.3, step_size=0.1, num_steps=2, adv_replicates=2, def_replicates=3
+    )
+    one = attack.evaluate(d, x, y, s, str(tmp_path / "one"), batch_size=4, seed=2)
+    out = str(tmp_path / "two")
+    worker = attack.Shard(1, 2, wait=False)
+    assert attack.evaluate(d, x, y, s, out, batch_size=4, seed=2, shard=worker) is None
+    assert sorted(p.name[:11] for p in (tmp_path / "two").glob("batch_*")) == [
+        "batch_00001",
+        "batch_00003",
+    ]
+    chief = attack.Shard(0, 2)
+    two = attack.evaluate(d, x, y, s, out, batch_size=4, seed=2, shard=chief)
+    assert two["per_image_robust"] == one["per_image_robust"]
+    assert two["curve"] == one["curve"]
+    for b in range(4):
+        np.testing.assert_array_equal(
+            np.load(batch_file(tmp_path / "two", b))["record"],
+            np.load(batch_file(tmp_path / "one", b))["record"],
+        )
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="step_size <= eps"):
         attack.AttackSettings(eps=0.1, step_size=0.2, num_steps=1)

@@ -297,6 +297,26 @@ def settings_key(settings, **extra):
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One worker's share of an attack: batch b is worker `b % count`'s.
+
+    Batches are independent (each its own random start and noise), so
+    workers need no communication: each writes its batch files into the
+    shared output folder. The chief (`wait`) also waits for the others'
+    files and summarizes; the other workers (`wait=False`) stop after their
+    own batches. A killed worker, restarted, resumes its own share.
+    """
+
+    index: int = 0
+    count: int = 1
+    wait: bool = True
+    poll_seconds: float = 5.0
+
+    def owns(self, batch):
+        return batch % self.count == self.index
+
+
 def evaluate(
     defended,
     images,
@@ -308,6 +328,7 @@ def evaluate(
     seed=0,
     progress=None,
     on_step=None,
+    shard=Shard(),
 ):
     """Runs the attack over `images` in batches and summarizes it.
 
@@ -318,6 +339,9 @@ def evaluate(
     so far. Batch b draws its random start after
     `tf.random.set_seed(seed * 100003 + b)` and its Langevin noise from the
     stateless seed `[seed, b]`, so a resumed run equals an uninterrupted one.
+
+    With a `shard` of several workers, this worker attacks only its own
+    batches (`Shard`); a non-waiting worker returns None.
 
     Returns:
         dict: natural and robust accuracy with 95% Clopper-Pearson
@@ -343,9 +367,8 @@ def evaluate(
                     f"{out_dir} holds an attack with other settings; remove it or "
                     "choose another output folder"
                 )
-    else:
-        with open(meta_path, "w") as f:
-            json.dump(meta, f, indent=2)
+    else:  # atomic: the workers of a shard write the same file
+        _write_json(meta_path, meta)
     run = batch_attack(defended, settings, on_step)
     starts = range(0, len(images), batch_size)
     records, corrects, times = [], [], []
@@ -356,6 +379,10 @@ def evaluate(
         y_np = np.asarray(labels[start : start + batch_size], np.int32)
         digest = hashlib.sha256(x_np.tobytes() + y_np.tobytes()).hexdigest()[:10]
         path = os.path.join(out_dir, f"batch_{b:05d}_{count}_{digest}.npz")
+        if not os.path.exists(path) and not shard.owns(b):
+            if not shard.wait:
+                continue
+            _wait_for(path, f"batch {b} (worker {b % shard.count})", shard)
         if not os.path.exists(path):
             x, y = tf.constant(x_np), tf.constant(y_np)
             tf.random.set_seed(seed * 100003 + b)
@@ -375,6 +402,8 @@ def evaluate(
                 seconds=elapsed,
             )
             os.replace(tmp, path)
+        if not shard.wait:
+            continue
         saved = np.load(path)
         records.append(saved["record"])
         corrects.append(saved["adv_correct"])
@@ -393,6 +422,8 @@ def evaluate(
         )
         if progress is not None:
             progress(b + 1, len(starts), record)
+    if not shard.wait:
+        return None
     record = np.concatenate(records, axis=1)
     correct = np.concatenate(corrects, axis=1)
     n = record.shape[1]
@@ -427,6 +458,14 @@ def purification_image_steps(record, adv_correct, settings, k_def):
     return int(k_def) * (
         settings.adv_replicates * evaluations + settings.def_replicates * verified
     )
+
+
+def _wait_for(path, what, shard):
+    """Polls for another worker's batch file (the chief's summary needs
+    every batch); says once what it waits for."""
+    print(f"waiting for {what}: {os.path.basename(path)}", flush=True)
+    while not os.path.exists(path):
+        time.sleep(shard.poll_seconds)
 
 
 def _write_json(path, value):

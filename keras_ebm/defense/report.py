@@ -98,7 +98,9 @@ def defended_classifier(config, model, classifier, num_steps):
     )
 
 
-def run_attack(name, defended, images, labels, settings, out, config, step, seed):
+def run_attack(
+    name, defended, images, labels, settings, out, config, step, seed, shard=None
+):
     """One attack over the test set with one seed, resumable in its own
     folder, named by everything its result depends on: the attack settings,
     K_def, the seed, the batch size and the defended classifier's digest
@@ -146,23 +148,30 @@ def run_attack(name, defended, images, labels, settings, out, config, step, seed
             seed=seed,
             progress=progress,
             on_step=on_step,
+            shard=shard or attack.Shard(),
         )
     finally:
         bar.close()
-    result["name"] = name
+    if result is not None:  # None: a worker's share, summarized by the chief
+        result["name"] = name
     return result
 
 
-def report(config, workdir, model, classifier, step, images, labels):
+def report(config, workdir, model, classifier, step, images, labels, shard=None):
     """Runs the attacks of `config.attack` on `images`, `labels` and writes
     the report: every attack with every seed of `attack_seeds` (the
     full-gradient attack with the first `attack.adaptive_seeds`), their mean
     and spread over seeds beside the per-seed 95% intervals, the per-image
     worst case of the defended attacks, and the K_def curves.
 
+    With a `shard` (`attack.Shard`) of several workers, each attack's
+    batches are spread over the workers; a worker that does not wait (not
+    the chief) runs its share of every attack and returns None.
+
     Returns:
         The results dict (also `eval/attack/<report_name>/results.json`).
     """
+    shard = shard or attack.Shard()
     a = config.attack
     out = os.path.join(workdir, "eval", "attack")
     report_dir = os.path.join(out, a.get("report_name", ""))
@@ -186,6 +195,7 @@ def report(config, workdir, model, classifier, step, images, labels):
                 config,
                 step,
                 seed,
+                shard,
             )
             for seed in seed_list
         ]
@@ -205,8 +215,6 @@ def report(config, workdir, model, classifier, step, images, labels):
             seeds[: a.adaptive_seeds],
             a.adaptive_images or None,
         )
-    defended_runs = {k: r for k, r in runs.items() if k != "undefended"}
-    worst = worst_case(defended_runs) if len(defended_runs) > 1 else None
     curve = []
     # The curve's adaptive points carry the main adaptive attack's name.
     adaptive_label = adaptive_name(full_gradient_settings(config, k_def), k_def)
@@ -230,6 +238,10 @@ def report(config, workdir, model, classifier, step, images, labels):
                 s = full_gradient_settings(config, int(k))
                 r = each_seed(adaptive_name(s, int(k)), d, s, seeds[:1], count)[0]
                 curve.append(dict(k_def=int(k), attack=adaptive_label, **_summary(r)))
+    if not shard.wait:
+        return None
+    defended_runs = {k: r for k, r in runs.items() if k != "undefended"}
+    worst = worst_case(defended_runs) if len(defended_runs) > 1 else None
     attacks = {k: aggregate(r) for k, r in runs.items()}
     results = dict(
         checkpoint_step=step,
@@ -349,6 +361,8 @@ def disjoint_from_undefended(attacks, worst):
 
 
 def _summary(r):
+    if r is None:  # a worker's share: the chief summarizes
+        return {}
     keys = (
         "natural_accuracy",
         "natural_ci95",

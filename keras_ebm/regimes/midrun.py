@@ -12,8 +12,8 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from keras_ebm import classify, training
-from keras_ebm.defense import purify, report
+from keras_ebm import classify, distribute, training
+from keras_ebm.defense import attack, purify, report
 from keras_ebm.evaluation import chains
 from keras_ebm.regimes import common
 from keras_ebm.regimes.shortrun import build
@@ -49,7 +49,12 @@ def evaluate(config, workdir):
     model, step = training.load_trained(config, workdir, build)
     classifier = load_classifier(config.defense.classifier_workdir)
     images, labels = report.test_set(config)
-    return report.report(config, workdir, model, classifier, step, images, labels)
+    # multi_worker: the attacks' batches are spread over the workers.
+    index, count, chief = distribute.worker_task(config.train.strategy)
+    shard = attack.Shard(index, count, wait=chief)
+    return report.report(
+        config, workdir, model, classifier, step, images, labels, shard
+    )
 
 
 def check_attack(config):
