@@ -8,13 +8,18 @@ def get_strategy(name="default"):
     """Returns the `tf.distribute` strategy named by `config.train.strategy`.
 
     `default` is the no-op single-device strategy; `mirrored` spreads over all
-    local GPUs (or CPUs); `multi_worker` reads `TF_CONFIG`; `tpu` resolves the
-    local TPU.
+    local GPUs (or, without GPUs, all logical CPUs); `multi_worker` reads
+    `TF_CONFIG`; `tpu` resolves the local TPU.
     """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # Every local GPU; without one, every logical CPU (TensorFlow's own
+        # default would be a single CPU replica).
+        devices = None
+        if not tf.config.list_logical_devices("GPU"):
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":

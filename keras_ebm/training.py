@@ -341,10 +341,11 @@ def run_config(config, workdir):
     return saved
 
 
-def load_trained(config, workdir, build=None):
+def load_trained(config, workdir, build=None, strategy=None):
     """`(model, step)`: the model of a run directory at its newest checkpoint.
 
-    `build` defaults to `build_model`.
+    `build` defaults to `build_model`; with a `strategy` the model is built
+    in its scope (its sampler can then spread chains over the replicas).
     """
     saved = callbacks.list_checkpoints(workdir)
     if not saved:
@@ -356,6 +357,7 @@ def load_trained(config, workdir, build=None):
     if precision:  # evaluate in another precision than the run trained in
         config = copy.deepcopy(config)
         config.train.precision = precision
-    model = (build or build_model)(config)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = (build or build_model)(config)
     model.load_weights(path)
     return model, step

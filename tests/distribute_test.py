@@ -102,6 +102,20 @@ class DistributeTest(tf.test.TestCase):
                     copies = [v.numpy() for v in var.value.values]
                     self.assertAllEqual(copies[0], copies[1])
 
+    def test_sampling_spread_over_replicas_equals_one_device(self):
+        # FID chains spread over the replicas (`sample(spread=True)`): each
+        # replica runs its rows with its rows of the global noise.
+        config = smoke_config()
+        single = _build(config)
+        mirrored = _build(config, _mirrored())
+        mirrored.set_weights(single.get_weights())
+        x = data_batch(config)
+        want, want_stats = single.sample(x, 4, seed=[3, 4])
+        got, got_stats = mirrored.sample(x, 4, seed=[3, 4], spread=True)
+        self.assertAllClose(got, want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(got_stats, want_stats, strict=True):
+            self.assertAllClose(a, b, rtol=1e-5)
+
     def test_replicas_agree_names_a_diverged_copy(self):
         strategy = _mirrored()
         with strategy.scope():

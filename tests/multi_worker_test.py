@@ -11,6 +11,7 @@ is made for the global batch), and its checkpoint resumes in one process.
 import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -104,3 +105,61 @@ def test_two_workers_train_as_one_process(tmp_path, regime):
     )
     assert "Resumed from step 4" in out, out[-2000:]
     assert os.path.exists(tmp_path / "two" / "checkpoints/ckpt-00000006.weights.h5")
+
+
+def _evaluate(cwd, flags, tf_config=None):
+    env = dict(ENV)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "evaluate.py"), *flags],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow  # a classifier, a midrun EBM and three evaluate.py processes
+def test_two_workers_share_the_attack_and_report_as_one(tmp_path):
+    _finish(
+        _train(
+            tmp_path,
+            ["--regime=classifier", "--dataset=smoke", "--workdir=clf"]
+            + ["--config.data.image_size=8"],
+        )
+    )
+    flags = ["--regime=midrun", "--dataset=smoke", "--config.attack.num_images=16"]
+    flags += ["--config.defense.classifier_workdir=clf"]
+    _finish(_train(tmp_path, flags + ["--workdir=one"]))
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+
+    one = _evaluate(tmp_path, flags + ["--workdir=one"])
+    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
+    workers = [
+        _evaluate(
+            tmp_path,
+            flags + ["--workdir=two", "--config.train.strategy=multi_worker"],
+            {"cluster": cluster, "task": {"type": "worker", "index": i}},
+        )
+        for i in range(2)
+    ]
+    _finish(one)
+    outs = [_finish(p) for p in workers]
+    assert "per-seed robust (95% CI)" in outs[0]
+
+    def report(name):
+        with open(tmp_path / name / "eval" / "attack" / "results.json") as f:
+            r = json.load(f)
+        return {
+            k: [(s["natural_accuracy"], s["robust_accuracy"]) for s in a["per_seed"]]
+            for k, a in r["attacks"].items()
+        }, r["worst_case"]
+
+    assert report("two") == report("one")
+    # Worker 1 attacked batches 1 and 3 of every attack (4 batches of 4
+    # images) and summarized nothing; the chief did the rest.
+    shares = [ln for ln in outs[1].splitlines() if ln.startswith("worker 1 of 2")]
+    assert shares and all(": 2 of 4 batches" in ln for ln in shares), outs[1][-2000:]
+    assert "per-seed robust (95% CI)" not in outs[1]

@@ -423,6 +423,12 @@ def evaluate(
         if progress is not None:
             progress(b + 1, len(starts), record)
     if not shard.wait:
+        mine = sum(shard.owns(b) for b in range(len(starts)))
+        print(
+            f"worker {shard.index} of {shard.count}: {mine} of {len(starts)} "
+            f"batches in {os.path.basename(out_dir)}",
+            flush=True,
+        )
         return None
     record = np.concatenate(records, axis=1)
     correct = np.concatenate(corrects, axis=1)

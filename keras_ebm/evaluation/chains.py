@@ -68,6 +68,7 @@ def fid_along_chains(config, workdir, model, step):
             step_size=ev.step_size,
             temperature=ev.temperature,
             joint_temperature=ev.joint_temperature,
+            spread=True,
         )
         return x, float(stats.energy), float(stats.drift_norm)
 

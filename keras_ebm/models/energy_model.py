@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_ebm import distribute
-from keras_ebm.sampling import langevin, potential
+from keras_ebm.sampling import LangevinStats, langevin, potential
 
 INIT_SOURCES = ("noise", "data", "generator")
 
@@ -364,6 +364,7 @@ class EnergyModel(keras.Model):
         step_size=None,
         temperature=None,
         joint_temperature=1.0,
+        spread=False,
     ):
         """Langevin from `x` under the model's potential (compiled, cached).
 
@@ -374,6 +375,9 @@ class EnergyModel(keras.Model):
             step_size, temperature: override the training eps and T
                 (evaluation configs may differ).
             joint_temperature: extra temperature of the network terms.
+            spread: run the chains on all replicas of the strategy the model
+                was built under (each its rows of `x`); every draw is made
+                for the whole batch, so the chains equal one device's.
 
         Returns:
             `(x_K, LangevinStats)`.
@@ -401,7 +405,12 @@ class EnergyModel(keras.Model):
         num_steps = self.num_steps if num_steps is None else num_steps
         seed = tf.constant([self.seed, 2] if seed is None else seed)
         num_steps = tf.constant(num_steps, tf.int32)
-        return self._samplers[key](ops.convert_to_tensor(x), num_steps, seed)
+        x = ops.convert_to_tensor(x)
+        strategy = self.distribute_strategy
+        replicas = strategy.num_replicas_in_sync
+        if spread and replicas > 1 and x.shape[0] % replicas == 0:
+            return _spread(strategy, self._samplers[key], x, num_steps, seed)
+        return self._samplers[key](x, num_steps, seed)
 
     def potential_at(self, temperature, joint_temperature=1.0):
         """`U` with the network terms at `temperature`.
@@ -448,6 +457,21 @@ class EnergyModel(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _spread(strategy, sampler, x, num_steps, seed):
+    """`sampler(x, num_steps, seed)` with replica r running rows
+    `r*b .. (r+1)*b` of `x`; states gathered, statistics averaged."""
+    local = x.shape[0] // strategy.num_replicas_in_sync
+
+    def rows(ctx):
+        r = ctx.replica_id_in_sync_group
+        return x[r * local : (r + 1) * local]
+
+    shards = strategy.experimental_distribute_values_from_function(rows)
+    out, stats = strategy.run(sampler, args=(shards, num_steps, seed))
+    stats = [strategy.reduce("MEAN", s, axis=None) for s in stats]
+    return strategy.gather(out, axis=0), LangevinStats(*stats)
 
 
 def _rows(mask, x):

@@ -1,7 +1,7 @@
 """What the EBM regimes' modules share: train, evaluate and export built
 from a regime's own `check` and `build`."""
 
-from keras_ebm import training
+from keras_ebm import distribute, training
 from keras_ebm.evaluation import chains
 
 
@@ -18,7 +18,16 @@ def entry_points(check, build):
 
     def evaluate(config, workdir):
         training.check_config(config)
-        model, step = training.load_trained(config, workdir, build)
+        strategy = None
+        if config.train.strategy == "mirrored":  # chains over local devices
+            strategy = distribute.get_strategy("mirrored")
+        training.require(
+            config.train.strategy in ("default", "mirrored"),
+            "train.strategy",
+            "FID along the chains runs on one host: default or mirrored (its "
+            "chains spread over the local devices)",
+        )
+        model, step = training.load_trained(config, workdir, build, strategy)
         return chains.evaluate_model(config, workdir, model, step)
 
     def export(config, workdir):
