@@ -350,11 +350,16 @@ def row(name, precision, mode, library, minimal, unit, **extra):
         **extra,
     )
     out["library_over_minimal"] = library / minimal if minimal else None
-    line = f"{name} [{precision}, {mode}]: {library:,.1f} {unit}"
+    line = f"{name} [{precision}, {mode}]: {_num(library)} {unit}"
     if minimal:
-        line += f" vs minimal {minimal:,.1f} ({library / minimal:.3f})"
+        line += f" vs minimal {_num(minimal)} ({library / minimal:.3f})"
     print(line, flush=True)
     return out
+
+
+def _num(value):
+    """Four significant digits, thousands separated."""
+    return f"{float(f'{value:.4g}'):,}".removesuffix(".0")
 
 
 def main(_):
@@ -386,11 +391,11 @@ def main(_):
             r["fraction_of_peak"] = frac
         if "langevin_share" in r:
             note = f"Langevin alone {r['langevin_share']:.0%} of the step"
-        minimal = f"{r['minimal']:,.1f}" if r["minimal"] else "-"
+        minimal = _num(r["minimal"]) if r["minimal"] else "-"
         ratio = f"{r['library_over_minimal']:.3f}" if r["minimal"] else "-"
         print(
             f"| {r['name']} | {r['precision']} | {r['mode']} | "
-            f"{r['library']:,.1f} {r['unit']} | {minimal} | {ratio} | {note} |"
+            f"{_num(r['library'])} {r['unit']} | {minimal} | {ratio} | {note} |"
         )
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
