@@ -35,18 +35,26 @@ def _ports(n):
     return ports
 
 
-def _train(cwd, flags, tf_config=None):
+def _launch(script, cwd, flags, tf_config=None):
     env = dict(ENV)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
     return subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "train.py"), *flags],
+        [sys.executable, os.path.join(REPO, script), *flags],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def _train(cwd, flags, tf_config=None):
+    return _launch("train.py", cwd, flags, tf_config)
+
+
+def _evaluate(cwd, flags, tf_config=None):
+    return _launch("evaluate.py", cwd, flags, tf_config)
 
 
 def _finish(proc, timeout=300):
@@ -106,20 +114,6 @@ def test_two_workers_train_as_one_process(tmp_path, regime):
     )
     assert "Resumed from step 4" in out, out[-2000:]
     assert os.path.exists(tmp_path / "two" / "checkpoints/ckpt-00000006.weights.h5")
-
-
-def _evaluate(cwd, flags, tf_config=None):
-    env = dict(ENV)
-    if tf_config is not None:
-        env["TF_CONFIG"] = json.dumps(tf_config)
-    return subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "evaluate.py"), *flags],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 @pytest.mark.slow  # a classifier, a midrun EBM and three evaluate.py processes
