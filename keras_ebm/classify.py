@@ -51,17 +51,17 @@ def train(config, workdir):
         rates = [r for s, r in zip(cc.lr.steps, cc.lr.rates, strict=True) if s <= epoch]
         return rates[-1]
 
-    if cc.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(lr(0), momentum=cc.momentum)
-    else:
-        optimizer = keras.optimizers.Adam(lr(0))
-    with strategy.scope():
+    with strategy.scope():  # the optimizer's slots are mirrored too
+        if cc.optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(lr(0), momentum=cc.momentum)
+        else:
+            optimizer = keras.optimizers.Adam(lr(0))
         model.compile(
             optimizer,
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
-    distribute.shape_keras_steps(model)
+    distribute.shape_keras_steps(model, (x_train[:1], y_train[:1]))
     ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     ds = ds.shuffle(len(x_train), seed=config.seed).repeat()
     if cc.augment:
@@ -80,6 +80,11 @@ def train(config, workdir):
         verbose=2 if chief else 0,
         shuffle=False,  # the stream is shuffled already
     )
+    if strategy.num_replicas_in_sync > 1:
+        state = list(model.weights) + list(model.optimizer.variables)
+        n = distribute.check_replicas_agree(state, strategy)
+        if chief:
+            print(f"All {n} replicas hold identical weights and optimizer state.")
     _, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     if chief:
         model.save_weights(weights)

@@ -104,15 +104,29 @@ def check_replicas_agree(variables, strategy):
     return strategy.num_replicas_in_sync
 
 
-def shape_keras_steps(model):
-    """Applies `step_logs` to a stock Keras model's train and test steps
-    (the classifier's), whose metrics hit the same multi-worker bug."""
+def shape_keras_steps(model, example):
+    """Makes a stock Keras model's `fit` and `evaluate` work under
+    `MultiWorkerMirroredStrategy` (the classifier's); a no-op otherwise.
+
+    Two Keras 3 bugs: the step metrics need `step_logs`, and `fit` builds
+    the model by averaging its first distributed `(x, y)` batch over the
+    replicas with one `strategy.reduce` of the whole tuple, which the
+    multi-worker strategy cannot do ("Attempt to convert a value
+    (PerReplica ...)"); the build is done from `example`, a plain batch of
+    the same shapes, instead.
+    """
     strategy = model.distribute_strategy
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return
     train_step, test_step = model.train_step, model.test_step
     model.train_step = lambda data: step_logs(train_step(data))
     model.test_step = lambda data: step_logs(test_step(data))
+
+    def build(iterator=None, data_batch=None):
+        with strategy.scope():
+            model._symbolic_build(data_batch=example)
+
+    model._maybe_symbolic_build = build
 
 
 def worker_task(name):

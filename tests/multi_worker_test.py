@@ -116,6 +116,31 @@ def test_two_workers_train_as_one_process(tmp_path, regime):
     assert os.path.exists(tmp_path / "two" / "checkpoints/ckpt-00000006.weights.h5")
 
 
+@pytest.mark.slow  # two train.py processes
+def test_two_workers_train_the_classifier(tmp_path):
+    # Stock Keras fit under multi_worker (distribute.shape_keras_steps): both
+    # workers finish with the same state (checked collectively) and the
+    # same test accuracy; the chief alone writes the weights.
+    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
+    flags = ["--regime=classifier", "--dataset=smoke", "--workdir=clf"]
+    flags += ["--config.train.strategy=multi_worker"]
+    workers = [
+        _train(
+            tmp_path,
+            flags,
+            {"cluster": cluster, "task": {"type": "worker", "index": i}},
+        )
+        for i in range(2)
+    ]
+    outs = [_finish(p) for p in workers]
+    assert "All 2 replicas hold identical weights" in outs[0], outs[0][-2000:]
+    acc = [re.findall(r"test accuracy ([0-9.]+)", o) for o in outs]
+    assert acc[0] and acc[0] == acc[1], acc
+    assert float(acc[0][0]) > 0.5  # 10 classes: trained, not chance
+    assert (tmp_path / "clf" / "classifier.weights.h5").exists()
+    assert len(glob.glob(str(tmp_path / "clf" / "tensorboard" / "*"))) == 1
+
+
 @pytest.mark.slow  # a classifier, a midrun EBM and three evaluate.py processes
 def test_two_workers_share_the_attack_and_report_as_one(tmp_path):
     _finish(
