@@ -108,12 +108,49 @@ def test_two_workers_train_as_one_process(tmp_path, regime):
             a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max() + 1e-3, err_msg=key
         )
 
+    if regime == "shortrun":
+        _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, cluster)
+
     # The two-worker checkpoint resumes in one process.
     out = _finish(
         _train(tmp_path, flags + ["--workdir=two", "--config.train.num_steps=6"])
     )
     assert "Resumed from step 4" in out, out[-2000:]
     assert os.path.exists(tmp_path / "two" / "checkpoints/ckpt-00000006.weights.h5")
+
+
+def _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, cluster):
+    # FID along the chains of the same checkpoint (4 steps in both runs):
+    # evaluated by two workers (the chains spread over both, the second
+    # worker writing nowhere) and by one process.
+    _finish(
+        _train(
+            tmp_path,
+            ["--regime=classifier", "--dataset=smoke", "--workdir=clf"]
+            + ["--config.data.image_size=8"],
+        )
+    )
+    flags = flags + ["--config.eval.classifier_workdir=clf"]
+    workers = [
+        _evaluate(
+            tmp_path,
+            flags + ["--workdir=two", "--config.train.strategy=multi_worker"],
+            {"cluster": cluster, "task": {"type": "worker", "index": i}},
+        )
+        for i in range(2)
+    ]
+    _finish(_evaluate(tmp_path, flags + ["--workdir=one"]))
+    for p in workers:
+        _finish(p)
+
+    def fid(name):
+        with open(tmp_path / name / "eval" / "results.json") as f:
+            return json.load(f)["fid_along_chain"]
+
+    one, two = fid("one"), fid("two")
+    assert one.keys() == two.keys() and len(one) >= 2
+    for m in one:
+        np.testing.assert_allclose(two[m], one[m], rtol=1e-3, err_msg=m)
 
 
 @pytest.mark.slow  # two train.py processes

@@ -1,6 +1,10 @@
 """What the EBM regimes' modules share: train, evaluate and export built
 from a regime's own `check` and `build`."""
 
+import os
+import shutil
+import tempfile
+
 from keras_ebm import distribute, training
 from keras_ebm.evaluation import chains
 
@@ -18,17 +22,27 @@ def entry_points(check, build):
 
     def evaluate(config, workdir):
         training.check_config(config)
-        strategy = None
-        if config.train.strategy == "mirrored":  # chains over local devices
-            strategy = distribute.get_strategy("mirrored")
         training.require(
-            config.train.strategy in ("default", "mirrored"),
+            config.train.strategy != "tpu",
             "train.strategy",
-            "FID along the chains runs on one host: default or mirrored (its "
-            "chains spread over the local devices)",
+            "evaluate on GPUs or CPUs (default, mirrored or multi_worker)",
         )
+        # Before any TensorFlow op (multi_worker): the FID chains spread
+        # over every replica of the strategy.
+        strategy = distribute.get_strategy(config.train.strategy)
         model, step = training.load_trained(config, workdir, build, strategy)
-        return chains.evaluate_model(config, workdir, model, step)
+        if distribute.is_chief(strategy):
+            return chains.evaluate_model(config, workdir, model, step)
+        # The other workers run the same chains in lockstep (the chains'
+        # collectives need them) from the chief's saved state, and write
+        # into a scratch copy that is thrown away.
+        with tempfile.TemporaryDirectory() as scratch:
+            for name in ("eval", "fid_cache"):
+                if os.path.isdir(os.path.join(workdir, name)):
+                    shutil.copytree(
+                        os.path.join(workdir, name), os.path.join(scratch, name)
+                    )
+            return chains.evaluate_model(config, scratch, model, step)
 
     def export(config, workdir):
         model, step = training.load_trained(config, workdir, build)
