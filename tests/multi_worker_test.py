@@ -74,9 +74,40 @@ def _arrays(path):
     return out
 
 
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    """A smoke classifier (8x8 digits) trained by two workers: the tests'
+    FID backbone and the classifier the midrun attack defends."""
+    root = tmp_path_factory.mktemp("classifier")
+    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
+    flags = ["--regime=classifier", "--dataset=smoke", "--workdir=clf"]
+    flags += ["--config.data.image_size=8", "--config.train.strategy=multi_worker"]
+    workers = [
+        _train(
+            root, flags, {"cluster": cluster, "task": {"type": "worker", "index": i}}
+        )
+        for i in range(2)
+    ]
+    return root / "clf", [_finish(p) for p in workers]
+
+
+@pytest.mark.slow  # two train.py processes (the fixture)
+def test_two_workers_train_the_classifier(classifier_run):
+    # Stock Keras fit under multi_worker (distribute.shape_keras_steps): both
+    # workers finish with the same state (checked collectively) and the
+    # same test accuracy; the chief alone writes the weights.
+    clf, outs = classifier_run
+    assert "All 2 replicas hold identical weights" in outs[0], outs[0][-2000:]
+    acc = [re.findall(r"test accuracy ([0-9.]+)", o) for o in outs]
+    assert acc[0] and acc[0] == acc[1], acc
+    assert float(acc[0][0]) > 0.5  # 10 classes: trained, not chance
+    assert (clf / "classifier.weights.h5").exists()
+    assert len(glob.glob(str(clf / "tensorboard" / "*"))) == 1
+
+
 @pytest.mark.slow  # four train.py processes per regime
 @pytest.mark.parametrize("regime", ["shortrun", "longrun"])
-def test_two_workers_train_as_one_process(tmp_path, regime):
+def test_two_workers_train_as_one_process(tmp_path, regime, classifier_run):
     flags = [f"--regime={regime}", "--dataset=smoke"]
     cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
     workers = [
@@ -108,9 +139,11 @@ def test_two_workers_train_as_one_process(tmp_path, regime):
             a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max() + 1e-3, err_msg=key
         )
 
-    if regime == "shortrun":
-        _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, cluster)
-
+    if regime == "longrun":
+        return  # the rest is regime-independent: shortrun's
+    _fid_over_two_workers_is_the_one_process_fid(
+        tmp_path, flags, cluster, classifier_run[0]
+    )
     # The two-worker checkpoint resumes in one process.
     out = _finish(
         _train(tmp_path, flags + ["--workdir=two", "--config.train.num_steps=6"])
@@ -119,18 +152,11 @@ def test_two_workers_train_as_one_process(tmp_path, regime):
     assert os.path.exists(tmp_path / "two" / "checkpoints/ckpt-00000006.weights.h5")
 
 
-def _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, cluster):
+def _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, cluster, clf):
     # FID along the chains of the same checkpoint (4 steps in both runs):
     # evaluated by two workers (the chains spread over both, the second
     # worker writing nowhere) and by one process.
-    _finish(
-        _train(
-            tmp_path,
-            ["--regime=classifier", "--dataset=smoke", "--workdir=clf"]
-            + ["--config.data.image_size=8"],
-        )
-    )
-    flags = flags + ["--config.eval.classifier_workdir=clf"]
+    flags = flags + [f"--config.eval.classifier_workdir={clf}"]
     workers = [
         _evaluate(
             tmp_path,
@@ -153,42 +179,10 @@ def _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, cluster):
         np.testing.assert_allclose(two[m], one[m], rtol=1e-3, err_msg=m)
 
 
-@pytest.mark.slow  # two train.py processes
-def test_two_workers_train_the_classifier(tmp_path):
-    # Stock Keras fit under multi_worker (distribute.shape_keras_steps): both
-    # workers finish with the same state (checked collectively) and the
-    # same test accuracy; the chief alone writes the weights.
-    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
-    flags = ["--regime=classifier", "--dataset=smoke", "--workdir=clf"]
-    flags += ["--config.train.strategy=multi_worker"]
-    workers = [
-        _train(
-            tmp_path,
-            flags,
-            {"cluster": cluster, "task": {"type": "worker", "index": i}},
-        )
-        for i in range(2)
-    ]
-    outs = [_finish(p) for p in workers]
-    assert "All 2 replicas hold identical weights" in outs[0], outs[0][-2000:]
-    acc = [re.findall(r"test accuracy ([0-9.]+)", o) for o in outs]
-    assert acc[0] and acc[0] == acc[1], acc
-    assert float(acc[0][0]) > 0.5  # 10 classes: trained, not chance
-    assert (tmp_path / "clf" / "classifier.weights.h5").exists()
-    assert len(glob.glob(str(tmp_path / "clf" / "tensorboard" / "*"))) == 1
-
-
-@pytest.mark.slow  # a classifier, a midrun EBM and three evaluate.py processes
-def test_two_workers_share_the_attack_and_report_as_one(tmp_path):
-    _finish(
-        _train(
-            tmp_path,
-            ["--regime=classifier", "--dataset=smoke", "--workdir=clf"]
-            + ["--config.data.image_size=8"],
-        )
-    )
+@pytest.mark.slow  # a midrun EBM and three evaluate.py processes
+def test_two_workers_share_the_attack_and_report_as_one(tmp_path, classifier_run):
     flags = ["--regime=midrun", "--dataset=smoke", "--config.attack.num_images=16"]
-    flags += ["--config.defense.classifier_workdir=clf"]
+    flags += [f"--config.defense.classifier_workdir={classifier_run[0]}"]
     _finish(_train(tmp_path, flags + ["--workdir=one"]))
     shutil.copytree(tmp_path / "one", tmp_path / "two")
 
