@@ -100,14 +100,6 @@ class EnergyModelTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllEqual(clone.bank.counts, model.bank.counts)
 
     @pytest.mark.slow
-    def test_xla_train_step(self):
-        config = smoke_config(**{"train.jit_compile": "on"})
-        model = run.build_model(config)
-        model.initialize_bank()
-        history = one_step(model, config)
-        self.assertTrue(np.isfinite(history["loss"][0]))
-
-    @pytest.mark.slow
     def test_sample_runs_the_model_potential(self):
         config = smoke_config()
         model = run.build_model(config)
