@@ -23,8 +23,10 @@ demo: $(STAMP)
 	$(PY) train.py
 	$(PY) evaluate.py
 
+# Two processes, whole files each (a file's module fixtures stay together):
+# the suite's TensorFlow work and its subprocess waits overlap.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist=loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
