@@ -57,6 +57,17 @@ def _evaluate(cwd, flags, tf_config=None):
     return _launch("evaluate.py", cwd, flags, tf_config)
 
 
+def _two_workers(launch, cwd, flags):
+    """Two processes of `launch` (`_train`, `_evaluate`) with TF_CONFIG
+    naming two loopback workers and `train.strategy=multi_worker`."""
+    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
+    flags = flags + ["--config.train.strategy=multi_worker"]
+    return [
+        launch(cwd, flags, {"cluster": cluster, "task": {"type": "worker", "index": i}})
+        for i in range(2)
+    ]
+
+
 def _finish(proc, timeout=300):
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
@@ -79,15 +90,9 @@ def classifier_run(tmp_path_factory):
     """A smoke classifier (8x8 digits) trained by two workers: the tests'
     FID backbone and the classifier the midrun attack defends."""
     root = tmp_path_factory.mktemp("classifier")
-    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
     flags = ["--regime=classifier", "--dataset=smoke", "--workdir=clf"]
-    flags += ["--config.data.image_size=8", "--config.train.strategy=multi_worker"]
-    workers = [
-        _train(
-            root, flags, {"cluster": cluster, "task": {"type": "worker", "index": i}}
-        )
-        for i in range(2)
-    ]
+    flags += ["--config.data.image_size=8"]
+    workers = _two_workers(_train, root, flags)
     return root / "clf", [_finish(p) for p in workers]
 
 
@@ -109,15 +114,7 @@ def test_two_workers_train_the_classifier(classifier_run):
 @pytest.mark.parametrize("regime", ["shortrun", "longrun"])
 def test_two_workers_train_as_one_process(tmp_path, regime, classifier_run):
     flags = [f"--regime={regime}", "--dataset=smoke"]
-    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
-    workers = [
-        _train(
-            tmp_path,
-            flags + ["--workdir=two", "--config.train.strategy=multi_worker"],
-            {"cluster": cluster, "task": {"type": "worker", "index": i}},
-        )
-        for i in range(2)
-    ]
+    workers = _two_workers(_train, tmp_path, flags + ["--workdir=two"])
     one = _train(tmp_path, flags + ["--workdir=one"])
     outs = [_finish(p) for p in workers]
     _finish(one)
@@ -141,9 +138,7 @@ def test_two_workers_train_as_one_process(tmp_path, regime, classifier_run):
 
     if regime == "longrun":
         return  # the rest is regime-independent: shortrun's
-    _fid_over_two_workers_is_the_one_process_fid(
-        tmp_path, flags, cluster, classifier_run[0]
-    )
+    _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, classifier_run[0])
     # The two-worker checkpoint resumes in one process.
     out = _finish(
         _train(tmp_path, flags + ["--workdir=two", "--config.train.num_steps=6"])
@@ -152,19 +147,12 @@ def test_two_workers_train_as_one_process(tmp_path, regime, classifier_run):
     assert os.path.exists(tmp_path / "two" / "checkpoints/ckpt-00000006.weights.h5")
 
 
-def _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, cluster, clf):
+def _fid_over_two_workers_is_the_one_process_fid(tmp_path, flags, clf):
     # FID along the chains of the same checkpoint (4 steps in both runs):
     # evaluated by two workers (the chains spread over both, the second
     # worker writing nowhere) and by one process.
     flags = flags + [f"--config.eval.classifier_workdir={clf}"]
-    workers = [
-        _evaluate(
-            tmp_path,
-            flags + ["--workdir=two", "--config.train.strategy=multi_worker"],
-            {"cluster": cluster, "task": {"type": "worker", "index": i}},
-        )
-        for i in range(2)
-    ]
+    workers = _two_workers(_evaluate, tmp_path, flags + ["--workdir=two"])
     _finish(_evaluate(tmp_path, flags + ["--workdir=one"]))
     for p in workers:
         _finish(p)
@@ -187,15 +175,7 @@ def test_two_workers_share_the_attack_and_report_as_one(tmp_path, classifier_run
     shutil.copytree(tmp_path / "one", tmp_path / "two")
 
     one = _evaluate(tmp_path, flags + ["--workdir=one"])
-    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
-    workers = [
-        _evaluate(
-            tmp_path,
-            flags + ["--workdir=two", "--config.train.strategy=multi_worker"],
-            {"cluster": cluster, "task": {"type": "worker", "index": i}},
-        )
-        for i in range(2)
-    ]
+    workers = _two_workers(_evaluate, tmp_path, flags + ["--workdir=two"])
     _finish(one)
     outs = [_finish(p) for p in workers]
     assert "per-seed robust (95% CI)" in outs[0]
