@@ -175,6 +175,23 @@ def replica_rows(draw, shape):
     return full[replica_id * local : (replica_id + 1) * local]
 
 
+def run_on_rows(strategy, fn, x, *args):
+    """`fn(x, *args) -> (rows, stats)` with replica r running rows
+    `r*b .. (r+1)*b` of `x` (its share of the global batch, as
+    `replica_rows`): the rows gathered back in order on every replica and
+    worker, each of `stats` (scalars) averaged over replicas."""
+    local = x.shape[0] // strategy.num_replicas_in_sync
+
+    def rows(ctx):
+        r = ctx.replica_id_in_sync_group
+        return x[r * local : (r + 1) * local]
+
+    shards = strategy.experimental_distribute_values_from_function(rows)
+    out, stats = strategy.run(fn, args=(shards, *args))
+    stats = [strategy.reduce("MEAN", v, axis=None) for v in stats]
+    return strategy.gather(out, axis=0), stats
+
+
 def scale_for_replicas(loss):
     """Divides a hand-written loss by the replica count.
 

@@ -409,7 +409,10 @@ class EnergyModel(keras.Model):
         strategy = self.distribute_strategy
         replicas = strategy.num_replicas_in_sync
         if spread and replicas > 1 and x.shape[0] % replicas == 0:
-            return _spread(strategy, self._samplers[key], x, num_steps, seed)
+            out, stats = distribute.run_on_rows(
+                strategy, self._samplers[key], x, num_steps, seed
+            )
+            return out, LangevinStats(*stats)
         return self._samplers[key](x, num_steps, seed)
 
     def potential_at(self, temperature, joint_temperature=1.0):
@@ -457,21 +460,6 @@ class EnergyModel(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-
-def _spread(strategy, sampler, x, num_steps, seed):
-    """`sampler(x, num_steps, seed)` with replica r running rows
-    `r*b .. (r+1)*b` of `x`; states gathered, statistics averaged."""
-    local = x.shape[0] // strategy.num_replicas_in_sync
-
-    def rows(ctx):
-        r = ctx.replica_id_in_sync_group
-        return x[r * local : (r + 1) * local]
-
-    shards = strategy.experimental_distribute_values_from_function(rows)
-    out, stats = strategy.run(sampler, args=(shards, num_steps, seed))
-    stats = [strategy.reduce("MEAN", s, axis=None) for s in stats]
-    return strategy.gather(out, axis=0), LangevinStats(*stats)
 
 
 def _rows(mask, x):
