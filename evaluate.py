@@ -28,13 +28,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config, workdir = cli.resolved()
-    try:
+    with cli.one_line_errors(run.data.DatasetNotFoundError):
         if flags.FLAGS.export:
             run.export(config, workdir)
             return
         run.evaluate(config, workdir)
-    except (run.ConfigError, run.data.DatasetNotFoundError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
     print(f"Results in {os.path.join(workdir, 'eval')}")
 
 

@@ -26,10 +26,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("keras_ebm").setLevel(logging.INFO)
     config, workdir = cli.resolved()
-    try:
+    with cli.one_line_errors(run.data.DatasetNotFoundError):
         run.train(config, workdir)
-    except (run.ConfigError, run.data.DatasetNotFoundError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
     grids = sorted(glob.glob(os.path.join(workdir, "samples", "negatives_*.png")))
     print(f"Done. Outputs in {workdir} (tensorboard --logdir {workdir})")
     if grids:

@@ -118,6 +118,20 @@ def get_base_config():
             precision="float32",
         )
     )
+    # The divergence guard (keras_ebm.guard): a step with non-finite
+    # energies or gradients, or an energy gap outside gap_band for patience
+    # steps in a row, rolls the run back to the last good checkpoint with
+    # both learning rates times lr_factor (at most max_rollbacks times),
+    # or halts it. Healthy runs here keep |gap| below 1 (digits 0.2).
+    c.guard = Config(
+        dict(
+            action="rollback",  # rollback, halt, off
+            gap_band=(-1e3, 1e3),  # energies' units (before / T)
+            patience=20,
+            lr_factor=0.5,
+            max_rollbacks=3,
+        )
+    )
     c.eval = Config(
         dict(
             # Networks' precision when a run is evaluated, purified, attacked

@@ -1,67 +1,47 @@
 """Callbacks for long runs: progress, TensorBoard summaries, sample grids,
-checkpoints."""
+checkpoints, stops on signals."""
 
-import glob
+import dataclasses
 import os
-import re
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-CHECKPOINT_RE = re.compile(r"ckpt-(\d+)\.weights\.h5$")
+from keras_ebm import checkpoints, interrupt
 
-
-# === Checkpoints ===
-
-
-def checkpoint_path(workdir, step):
-    return os.path.join(workdir, "checkpoints", f"ckpt-{step:08d}.weights.h5")
-
-
-def list_checkpoints(workdir):
-    """`[(step, path)]` of complete checkpoints, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(workdir, "checkpoints", "ckpt-*.weights.h5")):
-        match = CHECKPOINT_RE.search(path)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def save_checkpoint(model, workdir, step, keep=3):
-    """Writes everything a resume needs (networks, optimizers, banks, step).
-
-    The file is written under a temporary name and renamed, so a run killed
-    mid-write never leaves a truncated checkpoint that looks complete.
-    """
-    path = checkpoint_path(workdir, step)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, path)
-    for _, old in list_checkpoints(workdir)[:-keep] if keep > 0 else []:
-        os.remove(old)
-    return path
+# === Checkpoints and stops ===
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Saves every `every` steps and at the end of training."""
+    """Saves every `every` steps and at the end of training
+    (`keras_ebm.checkpoints.save`), never a state the divergence `guard`
+    has flagged; `run_state` goes into each manifest."""
 
-    def __init__(self, workdir, every, last_step, keep=3):
+    def __init__(self, workdir, every, last_step, keep=3, guard=None, run_state=None):
         super().__init__()
-        self.workdir, self.every, self.last_step, self.keep = (
-            workdir,
-            every,
-            last_step,
-            keep,
-        )
+        self.workdir, self.every, self.last_step = workdir, every, last_step
+        self.keep, self.guard, self.run_state = keep, guard, run_state
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.guard is not None and self.guard.event is not None:
+            return
         step = int(self.model.ebm_optimizer.iterations.numpy())
         if step % self.every == 0 or step >= self.last_step:
-            save_checkpoint(self.model, self.workdir, step, self.keep)
+            checkpoints.save(self.model, self.workdir, step, self.keep, self.extra())
+
+    def extra(self):
+        return dataclasses.asdict(self.run_state) if self.run_state else None
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ends `fit` after the step during which SIGINT or SIGTERM arrived
+    (`keras_ebm.interrupt`); the caller saves and says so."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if interrupt.requested():
+            self.model.stop_training = True
 
 
 # === Progress ===
@@ -70,15 +50,16 @@ class Checkpointer(keras.callbacks.Callback):
 class ProgressBar(keras.callbacks.Callback):
     """One bar over the whole run (Keras' own bar restarts every epoch)."""
 
-    def __init__(self, start, total):
+    def __init__(self, total):
         super().__init__()
-        self.start, self.total = start, total
+        self.total = total
 
     def on_train_begin(self, logs=None):
         from tqdm.auto import tqdm
 
+        start = int(self.model.ebm_optimizer.iterations.numpy())
         self.bar = tqdm(
-            total=self.total, initial=self.start, unit="step", dynamic_ncols=True
+            total=self.total, initial=start, unit="step", dynamic_ncols=True
         )
 
     def on_train_batch_end(self, batch, logs=None):
@@ -90,7 +71,15 @@ class ProgressBar(keras.callbacks.Callback):
             )
 
     def on_train_end(self, logs=None):
-        self.bar.close()
+        self.close()
+
+    def close(self):
+        """Ends the bar's line (also when `fit` ends in an exception, for
+        which Keras calls no `on_train_end`)."""
+        bar = getattr(self, "bar", None)
+        if bar is not None:
+            bar.close()
+            self.bar = None
 
 
 # === Images ===
@@ -150,13 +139,13 @@ class Summaries(keras.callbacks.Callback):
     sees), `bank` (persistent states) and `generator` (raw `gen(z)`).
     """
 
-    def __init__(self, workdir, image_every, last_step, num_images=64):
+    def __init__(self, workdir, image_every, last_step, num_images=64, writer=None):
         super().__init__()
         self.workdir = workdir
         self.image_every = image_every
         self.last_step = last_step
         self.num_images = num_images
-        self.writer = tf.summary.create_file_writer(
+        self.writer = writer or tf.summary.create_file_writer(
             os.path.join(workdir, "tensorboard")
         )
         self._time = None

@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from keras_ebm import callbacks, data, networks
+from keras_ebm import checkpoints, data, guard, networks
 from keras_ebm.errors import ConfigError
 
 
@@ -135,6 +135,23 @@ def check_config(config):
             list(steps) == sorted(set(steps)), f"optim.{field}", "steps must increase"
         )
     require(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
+    check_guard(config)
+
+
+def check_guard(config):
+    """The `guard` section (`keras_ebm.guard`)."""
+    g = config.guard
+    actions = ", ".join(guard.ACTIONS)
+    require(g.action in guard.ACTIONS, "guard.action", f"must be one of {actions}")
+    band = tuple(g.gap_band)
+    require(
+        len(band) == 2 and band[0] < band[1],
+        "guard.gap_band",
+        "must be (low, high) with low < high",
+    )
+    require(g.patience >= 1, "guard.patience", "must be >= 1")
+    require(0 < g.lr_factor < 1, "guard.lr_factor", "must be in (0, 1)")
+    require(g.max_rollbacks >= 0, "guard.max_rollbacks", "must be >= 0")
 
 
 def check_frozen_generator(config, dataset):
@@ -162,5 +179,5 @@ def check_frozen_generator(config, dataset):
 def is_run(path):
     """Whether `path` is a keras_ebm run directory (config + checkpoints)."""
     return os.path.isfile(os.path.join(path, "config.json")) and bool(
-        callbacks.list_checkpoints(path)
+        checkpoints.list_checkpoints(path)
     )

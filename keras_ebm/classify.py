@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import data, distribute, networks
+from keras_ebm import checkpoints, data, distribute, files, networks
 from keras_ebm.errors import ConfigError
 
 WEIGHTS = "classifier.weights.h5"
@@ -33,6 +33,11 @@ def train(config, workdir):
     x_train, y_train = data.labeled(config, "train")
     x_test, y_test = data.labeled(config, "test")
     chief = distribute.is_chief(strategy)
+    # Seeded initial weights: one config trains one classifier in any
+    # process (FID features are comparable only under one classifier). TF's
+    # global seed is cleared as in keras_ebm.training.
+    keras.utils.set_random_seed(config.seed)
+    tf.random.set_seed(None)
     with strategy.scope():
         model = build(config)
     weights = os.path.join(workdir, WEIGHTS)
@@ -87,9 +92,12 @@ def train(config, workdir):
             print(f"All {n} replicas hold identical weights and optimizer state.")
     _, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     if chief:
-        model.save_weights(weights)
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump({"test_accuracy": test_accuracy, "test_size": len(x_test)}, f)
+        # Atomic: a file that exists is a trained classifier (never redone).
+        checkpoints.save_weights(model, weights)
+        files.write_json(
+            os.path.join(workdir, "results.json"),
+            {"test_accuracy": test_accuracy, "test_size": len(x_test)},
+        )
     print(f"test accuracy {test_accuracy:.4f} on {len(x_test)} images")
     return model, float(test_accuracy)
 

@@ -5,13 +5,14 @@ config field can then be overridden with `--config.<field>=<value>`.
 `--workdir` defaults to `runs/<regime>/<dataset>`.
 """
 
+import contextlib
 import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from keras_ebm import regimes
+from keras_ebm import errors, regimes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_REGIME, DEFAULT_DATASET = "shortrun", "digits"
@@ -96,3 +97,25 @@ def resolved():
     dataset = FLAGS.dataset or config.data.name
     workdir = FLAGS.workdir or os.path.join("runs", config.regime, dataset)
     return config, workdir
+
+
+@contextlib.contextmanager
+def one_line_errors(*expected):
+    """Expected failures end the command with one line and a non-zero
+    exit: `error: <message>` (exit 1) for bad input, a full disk or a
+    diverged run; a signal's message (exit 128 + signal) after the state
+    was saved (`keras_ebm.interrupt`)."""
+    try:
+        yield
+    except errors.Interrupted as e:
+        print(e, file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
+    except (
+        errors.ConfigError,
+        errors.WriteError,
+        errors.CheckpointError,
+        errors.Diverged,
+        FileNotFoundError,
+        *expected,
+    ) as e:
+        raise SystemExit(f"error: {e}") from None

@@ -4,3 +4,30 @@
 class ConfigError(ValueError):
     """An invalid config value, or a resource that does not fit the config;
     the message names the field and says what to do."""
+
+
+class WriteError(RuntimeError):
+    """A file could not be written (disk full, quota, I/O error); the
+    message names the file, the cause and what is still intact."""
+
+
+class CheckpointError(RuntimeError):
+    """A run directory holds checkpoints, none of them readable."""
+
+
+class Diverged(RuntimeError):
+    """Training stopped by the divergence guard (`keras_ebm.guard`)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a command after saving its state.
+
+    A `KeyboardInterrupt`, so that library users see what Ctrl-C always
+    raises; the commands print its one-line message and exit with
+    `128 + signum`, the shell's convention for a signal.
+    """
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -3,7 +3,7 @@
 (`keras_ebm.regimes`). The shared machinery is in `keras_ebm.training`.
 """
 
-from keras_ebm import data, regimes, training  # noqa: F401  (run.data: errors)
+from keras_ebm import data, interrupt, regimes, training  # noqa: F401  (run.data)
 from keras_ebm.training import ConfigError, load_trained, run_config  # noqa: F401
 
 
@@ -46,7 +46,10 @@ def evaluate(config, workdir):
     `training.run_config`).
     """
     config = run_config(config, workdir)
-    return regime_of(config).evaluate(config, workdir)
+    # Long evaluations (FID along 100K steps, the attacks) stop at their
+    # next saved state on SIGINT/SIGTERM and resume from it.
+    with interrupt.handled():
+        return regime_of(config).evaluate(config, workdir)
 
 
 def export(config, workdir):

@@ -7,6 +7,7 @@ checkpoint.
 """
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -16,14 +17,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, data, distribute, networks
+from keras_ebm import (
+    callbacks,
+    checkpoints,
+    data,
+    distribute,
+    files,
+    guard,
+    interrupt,
+    networks,
+)
 from keras_ebm.checks import (  # noqa: F401  (regimes use them from here)
     check_config,
     check_frozen_generator,
     is_run,
     require,
 )
-from keras_ebm.errors import ConfigError
+from keras_ebm.errors import ConfigError, Diverged
 from keras_ebm.models import EnergyModel
 from keras_ebm.sampling import SampleBank
 
@@ -40,12 +50,14 @@ def state_shape(config):
     return (size, size, config.data.channels)
 
 
-def learning_rate(schedule):
-    """A `{steps, rates}` schedule as a Keras piecewise-constant schedule."""
-    if len(schedule.rates) == 1:
-        return schedule.rates[0]
+def learning_rate(schedule, scale=1.0):
+    """A `{steps, rates}` schedule as a Keras piecewise-constant schedule,
+    every rate times `scale`."""
+    rates = [float(r) * scale for r in schedule.rates]
+    if len(rates) == 1:
+        return rates[0]
     return keras.optimizers.schedules.PiecewiseConstantDecay(
-        list(schedule.steps[1:]), list(schedule.rates)
+        list(schedule.steps[1:]), rates
     )
 
 
@@ -163,8 +175,9 @@ RUN_INDEPENDENT_TRAIN_FIELDS = ("num_steps", "strategy")
 
 def check_workdir(config, workdir):
     """Refuses to mix runs: a workdir's config may differ only in length,
-    in the devices it runs on (`RUN_INDEPENDENT_TRAIN_FIELDS`) and in how it
-    is evaluated (`EVALUATION_SECTIONS`)."""
+    in the devices it runs on (`RUN_INDEPENDENT_TRAIN_FIELDS`), in how it
+    is evaluated (`EVALUATION_SECTIONS`) and in how it is guarded (`guard`:
+    a halted run may resume with `guard.action=rollback`)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
@@ -174,7 +187,7 @@ def check_workdir(config, workdir):
     for c in (old, new):
         for field in RUN_INDEPENDENT_TRAIN_FIELDS:
             c.get("train", {}).pop(field, None)
-        for section in EVALUATION_SECTIONS + ("preset",):
+        for section in EVALUATION_SECTIONS + ("preset", "guard"):
             c.pop(section, None)
     if old != new:
         diff = sorted(_diff(old, new))
@@ -192,16 +205,28 @@ def _diff(a, b, prefix=""):
             yield f"{prefix}{key}"
 
 
-def train(config, workdir, build, check):
+def train(config, workdir, build, check, extra_callbacks=()):
     """Trains (or resumes) the model `build(config)` in `workdir`.
 
     The loop every EBM regime shares: checks (`check(config)` raises
     `ConfigError`) and data access before anything is written, then the
-    run's `config.json`, resume from the newest checkpoint or bank
-    initialization, and `fit` with progress, summaries and checkpoints.
+    run's `config.json`, resume from the newest readable checkpoint
+    (`keras_ebm.checkpoints.restore`) or bank initialization, and `fit`
+    with progress, summaries, checkpoints and the divergence guard
+    (`keras_ebm.guard`). SIGINT and SIGTERM end the run after the current
+    step with a checkpoint of it (`keras_ebm.errors.Interrupted`).
+
+    Args:
+        extra_callbacks: Keras callbacks run on every worker besides ours.
 
     Returns:
         The trained model.
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM; the checkpoint is written.
+        Diverged: the guard halted the run (`guard.action`).
+        WriteError: a checkpoint could not be written (disk full).
+        CheckpointError: the workdir's checkpoints are all unreadable.
     """
     # Everything that can fail on bad input runs before anything is written.
     # The shared fields, then the dataset (its error says how to get it),
@@ -226,53 +251,18 @@ def train(config, workdir, build, check):
     chief = distribute.is_chief(strategy)
     if chief:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        files.write_json(
+            os.path.join(workdir, "config.json"),
+            json.loads(config.to_json_best_effort(sort_keys=True)),
+        )
+        checkpoints.remove_temporaries(workdir)
     log.info("config: %s", config.to_json_best_effort(sort_keys=True))
     for name, bank in model.banks.items():
         log.info("%s: %d states (requested %d)", name, bank.num_states, bank.size)
 
-    saved = callbacks.list_checkpoints(workdir)
-    if saved:
-        step, path = saved[-1]
-        model.load_weights(path)
-        log.info("resumed from step %d (%s)", step, path)
-        print(f"Resumed from step {step}: {path}")
-    else:
-        step = 0
-        if model.banks:
-            model.initialize_bank(initial_data(config, model, source))
-        if chief:
-            callbacks.save_checkpoint(model, workdir, 0, config.train.keep_checkpoints)
-
-    tr = config.train
-    if step >= tr.num_steps:
-        log.info("already trained for %d steps", step)
-        return model
-    stream = data.train_stream(
-        source,
-        tr.batch_size,
-        config.seed,
-        with_init=config.init.source == "data",
-        start_step=step,
-    )
-    model.fit(
-        stream,
-        epochs=tr.num_steps // tr.log_every,
-        steps_per_epoch=tr.log_every,
-        initial_epoch=step // tr.log_every,
-        verbose=0,
-        shuffle=False,  # the stream is shuffled already
-        callbacks=[
-            callbacks.ProgressBar(step, tr.num_steps),
-            callbacks.Summaries(workdir, tr.image_every, tr.num_steps),
-            callbacks.Checkpointer(
-                workdir, tr.checkpoint_every, tr.num_steps, tr.keep_checkpoints
-            ),
-        ]
-        if chief
-        else [],
-    )
+    with interrupt.handled():
+        run_state = _resume_or_start(config, workdir, model, source, chief)
+        _fit_guarded(config, workdir, model, source, run_state, chief, extra_callbacks)
     if strategy.num_replicas_in_sync > 1:
         # Cheap insurance for long distributed runs: one global state means
         # every replica's copy is bit-identical.
@@ -282,13 +272,203 @@ def train(config, workdir, build, check):
     return model
 
 
-def state_variables(model):
-    """Every variable a resume needs: weights, banks, both optimizers."""
-    out = list(model.weights)
-    for opt in (model.ebm_optimizer, model.gen_optimizer):
-        if opt is not None:
-            out += list(opt.variables)
-    return out
+def _resume_or_start(config, workdir, model, source, chief):
+    """Restores the newest readable checkpoint (with the run state of its
+    manifest), or initializes the banks and writes checkpoint 0."""
+    restored = checkpoints.restore(model, workdir, quarantine=chief)
+    if restored is None:
+        run_state = guard.RunState()
+        if model.banks:
+            model.initialize_bank(initial_data(config, model, source))
+        if chief:
+            checkpoints.save(
+                model,
+                workdir,
+                0,
+                config.train.keep_checkpoints,
+                dataclasses.asdict(run_state),
+            )
+        return run_state
+    step, path, manifest = restored
+    run_state = guard.RunState.from_manifest(manifest)
+    if run_state.lr_scale != 1.0:
+        scale_learning_rates(model, config, run_state.lr_scale)
+    digest = manifest.get("state_digest")
+    verified = f" (state {digest} verified)" if digest else ""
+    log.info("resumed from step %d (%s)%s", step, path, verified)
+    print(f"Resumed from step {step}: {path}{verified}", flush=True)
+    return run_state
+
+
+def _fit_guarded(config, workdir, model, source, run_state, chief, extra=()):
+    """`fit` to `train.num_steps`; a guard event rolls back and continues,
+    or halts (`_after_divergence`); a signal saves and stops."""
+    tr = config.train
+    writer = (
+        tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        if chief
+        else tf.summary.create_noop_writer()
+    )
+    watch = guard.Guard(
+        tuple(config.guard.gap_band),
+        config.guard.patience,
+        stop=config.guard.action != "off",
+        report=lambda event: _report(event, writer, chief, run_state),
+    )
+    stops = [watch, callbacks.StopOnSignal(), *extra]
+    progress = callbacks.ProgressBar(tr.num_steps)
+    writers = [
+        progress,
+        callbacks.Summaries(workdir, tr.image_every, tr.num_steps, writer=writer),
+        callbacks.Checkpointer(
+            workdir,
+            tr.checkpoint_every,
+            tr.num_steps,
+            tr.keep_checkpoints,
+            guard=watch,
+            run_state=run_state,
+        ),
+    ]
+    while True:
+        step = int(model.ebm_optimizer.iterations.numpy())
+        if step >= tr.num_steps:
+            if step == 0 or not interrupt.requested():
+                log.info("trained for %d steps", step)
+                return
+        else:
+            try:
+                _fit(config, model, source, step, stops + (writers if chief else []))
+            finally:
+                progress.close()
+        if watch.event is not None and config.guard.action != "off":
+            _after_divergence(config, workdir, model, watch.event, run_state, chief)
+            continue
+        if interrupt.requested():
+            raise _save_and_stop(config, workdir, model, run_state, chief)
+        return
+
+
+def _fit(config, model, source, step, callback_list):
+    """Keras `fit` from `step` to `train.num_steps`, epochs of `log_every`
+    steps aligned to multiples of it (a run stopped mid-epoch by a signal
+    first completes its epoch)."""
+    tr = config.train
+
+    def stream(start):
+        return data.train_stream(
+            source,
+            tr.batch_size,
+            config.seed,
+            with_init=config.init.source == "data",
+            start_step=start,
+        )
+
+    fit = dict(verbose=0, shuffle=False, callbacks=callback_list)
+    if step % tr.log_every:
+        rest = tr.log_every - step % tr.log_every
+        model.fit(stream(step), epochs=1, steps_per_epoch=rest, **fit)
+        if model.stop_training:
+            return
+        step += rest
+    if step < tr.num_steps:
+        model.fit(
+            stream(step),
+            epochs=tr.num_steps // tr.log_every,
+            steps_per_epoch=tr.log_every,
+            initial_epoch=step // tr.log_every,
+            **fit,
+        )
+
+
+def _save_and_stop(config, workdir, model, run_state, chief):
+    """Checkpoints the current step (unless saved already) and returns the
+    `Interrupted` to raise."""
+    step = int(model.ebm_optimizer.iterations.numpy())
+    path = checkpoints.checkpoint_path(workdir, step)
+    saved = [s for s, _ in checkpoints.list_checkpoints(workdir)]
+    if chief and step not in saved:
+        checkpoints.save(
+            model,
+            workdir,
+            step,
+            config.train.keep_checkpoints,
+            dataclasses.asdict(run_state),
+        )
+    return interrupt.stop(f"training at step {step}", f"checkpoint {path} written")
+
+
+def _report(event, writer, chief, run_state):
+    """The guard's event on the console and in TensorBoard."""
+    if not chief:
+        return
+    print(f"\ndivergence guard: step {event.step}: {event.cause}", flush=True)
+    with writer.as_default(step=event.step):
+        tf.summary.text("guard", f"step {event.step}: {event.cause}")
+        tf.summary.scalar("guard/events", 1.0)
+    writer.flush()
+
+
+def _after_divergence(config, workdir, model, event, run_state, chief):
+    """Rolls back to the newest checkpoint before the trouble began with
+    lower learning rates, or raises `Diverged`."""
+    g = config.guard
+    bound = guard.rollback_bound(event)
+    rollback = g.action == "rollback" and run_state.rollbacks < g.max_rollbacks
+    good = [(s, p) for s, p in checkpoints.list_checkpoints(workdir) if s < bound]
+    if rollback and good:
+        step, path, _ = checkpoints.restore(model, workdir, before=bound)
+        if chief:
+            checkpoints.set_aside(workdir, after=step)
+        run_state.rollbacks += 1
+        run_state.lr_scale *= g.lr_factor
+        scale_learning_rates(model, config, run_state.lr_scale)
+        if chief:
+            checkpoints.save(
+                model,
+                workdir,
+                step,
+                config.train.keep_checkpoints,
+                dataclasses.asdict(run_state),
+            )
+            print(
+                f"divergence guard: rolled back to step {step} ({path}); learning "
+                f"rates x{run_state.lr_scale:g} (rollback {run_state.rollbacks} of "
+                f"{g.max_rollbacks})",
+                flush=True,
+            )
+        return
+    if chief and good:
+        checkpoints.set_aside(workdir, after=good[-1][0])
+    last = (
+        f"the last good checkpoint is {good[-1][1]}"
+        if good
+        else ("no checkpoint from before it is left")
+    )
+    if g.action == "rollback":
+        why = f" after {run_state.rollbacks} rollbacks (guard.max_rollbacks)"
+        retry = "raise guard.max_rollbacks"
+    else:
+        why, retry = "", "set guard.action=rollback"
+    raise Diverged(
+        f"training diverged at step {event.step} ({event.cause}); halted{why}; "
+        f"{last}. Run the same command with {retry} to resume from it, or lower "
+        "the learning rates (optim.ebm_lr) or the Langevin step size in a new "
+        "--workdir"
+    )
+
+
+def scale_learning_rates(model, config, scale):
+    """Sets both optimizers' learning rates to `scale` x the config's
+    schedules (the guard's rollbacks lower them)."""
+    pairs = ((model.ebm_optimizer, "ebm_lr"), (model.gen_optimizer, "gen_lr"))
+    for optimizer, field in pairs:
+        if optimizer is not None:
+            optimizer.learning_rate = learning_rate(config.optim[field], scale)
+    # A schedule is a Python object of the traced step: trace it anew.
+    model.train_function = None
+
+
+state_variables = checkpoints.state_variables
 
 
 def initial_data(config, model, source):
@@ -347,17 +527,16 @@ def load_trained(config, workdir, build=None, strategy=None):
     `build` defaults to `build_model`; with a `strategy` the model is built
     in its scope (its sampler can then spread chains over the replicas).
     """
-    saved = callbacks.list_checkpoints(workdir)
-    if not saved:
+    if not checkpoints.list_checkpoints(workdir):
         raise FileNotFoundError(
             f"no checkpoint in {workdir}/checkpoints; train first with the same flags"
         )
-    step, path = saved[-1]
     precision = config.get("eval", {}).get("precision", "")
     if precision:  # evaluate in another precision than the run trained in
         config = copy.deepcopy(config)
         config.train.precision = precision
     with (strategy or tf.distribute.get_strategy()).scope():
         model = (build or build_model)(config)
-    model.load_weights(path)
+    # Evaluation reads, never renames: a run may be writing the workdir.
+    step, _, _ = checkpoints.restore(model, workdir, quarantine=False)
     return model, step

@@ -37,6 +37,8 @@ import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.utils import clip_eta, optimize_linear, random_lp_vector
 
+from keras_ebm import files, interrupt
+
 NORMS = {"linf": np.inf, "l2": 2}
 LOSSES = ("ce", "margin")
 
@@ -369,7 +371,16 @@ def evaluate(
                 )
     else:  # atomic: the workers of a shard write the same file
         _write_json(meta_path, meta)
-    run = batch_attack(defended, settings, on_step)
+
+    def step_hook(iterate, accuracy):
+        # Runs between PGD iterates, inside the compiled batch: a signal
+        # abandons the batch (the finished ones are saved).
+        if interrupt.requested():
+            raise _Stop()
+        if on_step is not None:
+            on_step(iterate, accuracy)
+
+    run = batch_attack(defended, settings, step_hook)
     starts = range(0, len(images), batch_size)
     records, corrects, times = [], [], []
     steps = 0
@@ -379,11 +390,13 @@ def evaluate(
         y_np = np.asarray(labels[start : start + batch_size], np.int32)
         digest = hashlib.sha256(x_np.tobytes() + y_np.tobytes()).hexdigest()[:10]
         path = os.path.join(out_dir, f"batch_{b:05d}_{count}_{digest}.npz")
-        if not os.path.exists(path) and not shard.owns(b):
+        saved = _load_batch(path)
+        if saved is None and not shard.owns(b):
             if not shard.wait:
                 continue
             _wait_for(path, f"batch {b} (worker {b % shard.count})", shard)
-        if not os.path.exists(path):
+            saved = _load_batch(path)
+        if saved is None:
             x, y = tf.constant(x_np), tf.constant(y_np)
             tf.random.set_seed(seed * 100003 + b)
             eta0 = random_start(x, settings)
@@ -391,20 +404,31 @@ def evaluate(
             # (keras_ebm.training clears it for the same reason).
             tf.random.set_seed(None)
             t0 = time.perf_counter()
-            record, correct, broken, _ = run(x, y, eta0, tf.constant([seed, b]))
-            elapsed = time.perf_counter() - t0
-            tmp = path + ".tmp.npz"
-            np.savez(
-                tmp,
+            try:
+                record, correct, broken, _ = run(x, y, eta0, tf.constant([seed, b]))
+            except tf.errors.OpError:
+                if interrupt.requested():
+                    raise interrupt.stop(
+                        f"the attack in batch {b} of {len(starts)}",
+                        f"batches 0-{b - 1} are saved in {out_dir}"
+                        if b
+                        else "no batch was finished",
+                    ) from None
+                raise
+            saved = dict(
                 record=record.numpy(),
                 adv_correct=correct.numpy(),
                 broken=broken.numpy(),
-                seconds=elapsed,
+                seconds=time.perf_counter() - t0,
             )
-            os.replace(tmp, path)
+            files.atomic_write(
+                path,
+                lambda tmp, arrays=saved: np.savez(tmp, **arrays),
+                f"the finished batches in {out_dir} are intact; free space and "
+                "run the same command to resume",
+            )
         if not shard.wait:
             continue
-        saved = np.load(path)
         records.append(saved["record"])
         corrects.append(saved["adv_correct"])
         times.append(float(saved["seconds"]))
@@ -466,6 +490,23 @@ def purification_image_steps(record, adv_correct, settings, k_def):
     )
 
 
+class _Stop(Exception):
+    """Raised inside the compiled batch to abandon it on a signal."""
+
+
+def _load_batch(path):
+    """A finished batch's arrays, or None (not there; unreadable: set aside
+    with a warning naming it, and attacked again)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:  # truncated, bad CRC, not a zip at all
+        files.quarantine(path, f"the batch file does not load ({e})")
+        return None
+
+
 def _wait_for(path, what, shard):
     """Polls for another worker's batch file (the chief's summary needs
     every batch); says once what it waits for."""
@@ -475,7 +516,4 @@ def _wait_for(path, what, shard):
 
 
 def _write_json(path, value):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+    files.write_json(path, value)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, data
+from keras_ebm import callbacks, data, files
 from keras_ebm import export as export_lib
 from keras_ebm.evaluation import fid, metrics
 from keras_ebm.training import ConfigError
@@ -95,8 +95,10 @@ def fid_along_chains(config, workdir, model, step):
     def on_milestone(steps, value):
         # Long evaluations report each milestone as the chains reach it.
         partial[str(steps)] = value
-        with open(os.path.join(out, "fid_partial.json"), "w") as f:
-            json.dump({"settings": settings, "fid_along_chain": partial}, f, indent=2)
+        files.write_json(
+            os.path.join(out, "fid_partial.json"),
+            {"settings": settings, "fid_along_chain": partial},
+        )
         print(f"FID ({net.name}) after {steps} Langevin steps: {value:.3f}")
 
     run = fid.trajectory_fid(
@@ -111,7 +113,11 @@ def fid_along_chains(config, workdir, model, step):
         chunk=ev.save_every,
         on_milestone=on_milestone,
         identity=same_chains,
-        extend_from=[p for p in others if p != state and not p.endswith(".tmp.npz")],
+        extend_from=[
+            p
+            for p in others
+            if p != state and not p.endswith((".tmp.npz", ".prev.npz"))
+        ],
     )
     results = run["fid"]
     # The floor: held-out real images (the next N of the same source)

@@ -19,6 +19,7 @@ import tarfile
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm import files, interrupt
 from keras_ebm.evaluation import metrics
 
 INCEPTION_URL = (
@@ -201,16 +202,18 @@ def _reference(images, net, cache_path, need_features):
     the `.npz` cache (features added to a cache that lacks them)."""
     ref = {}
     if cache_path and os.path.exists(cache_path):
-        with np.load(cache_path) as f:
-            ref = {k: f[k] for k in f.files}
+        try:
+            with np.load(cache_path) as f:
+                ref = {k: f[k] for k in f.files}
+        except Exception as e:  # recomputed: a cache is never the only copy
+            files.quarantine(cache_path, f"the cache does not load ({e})")
     if "mu" in ref and ("features" in ref or not need_features):
         return ref
     ref["features"] = net(images)
     if "mu" not in ref:
         ref["mu"], ref["sigma"] = metrics.activation_statistics(ref["features"])
     if cache_path:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        np.savez(cache_path, **ref)
+        files.atomic_write(cache_path, lambda tmp: np.savez(tmp, **ref))
     return ref
 
 
@@ -295,15 +298,18 @@ def trajectory_fid(
     st = None
     meta = ("milestones", "batch_size", "chunk", "identity")
     # Its own saved state first; else the furthest compatible other one.
-    for path in [state_path, *extend_from] if state_path else []:
-        if not os.path.exists(path):
+    # A state that does not load (a disk error) is set aside for the one
+    # saved before it (`.prev`), else for the chains from their start.
+    own = [state_path, previous_state(state_path)] if state_path else []
+    for path in [*own, *extend_from]:
+        saved = _load_state(path)
+        if saved is None:
             continue
-        with np.load(path) as f:
-            same = path == state_path
-            if _continues(f, milestones, batch_size, chunk, identity, same) and (
-                st is None or int(f["step"]) > int(st["step"])
-            ):
-                st = {k: f[k] for k in f.files if k not in meta}
+        same = path in own
+        if _continues(saved, milestones, batch_size, chunk, identity, same) and (
+            st is None or int(saved["step"]) > int(st["step"])
+        ):
+            st = {k: v for k, v in saved.items() if k not in meta}
         if st is not None and same:
             break
     if st is None:
@@ -311,17 +317,23 @@ def trajectory_fid(
         st["x"] = np.stack([np.asarray(sample_init(b)) for b in range(num_batches)])
 
     def save():
-        if state_path:
-            tmp = state_path + ".tmp.npz"
-            np.savez(
+        if not state_path:
+            return
+        tmp = files.write_temp(
+            state_path,
+            lambda tmp: np.savez(
                 tmp,
                 milestones=milestones,
                 batch_size=batch_size,
                 chunk=chunk,
                 identity=identity,
                 **st,
-            )
-            os.replace(tmp, state_path)
+            ),
+        )
+        # The state before it stays beside it until the next one is in place.
+        if os.path.exists(state_path):
+            os.replace(state_path, previous_state(state_path))
+        files.commit(tmp, state_path)
 
     mu, sigma = data_stats
     results = {}
@@ -359,6 +371,12 @@ def trajectory_fid(
         k = min(chunk, min(m for m in milestones if m > step) - step)
         xs = []
         for b, x in enumerate(st["x"]):
+            if interrupt.requested():
+                # The state file holds the chains at the chunk's start.
+                where = f"chain states at step {step} saved in {state_path}"
+                raise interrupt.stop(
+                    "the FID evaluation", where if state_path else "nothing saved"
+                )
             x, energy, drift = advance(x, k, [b, step])
             xs.append(np.asarray(x))
             if b == 0:
@@ -370,6 +388,8 @@ def trajectory_fid(
         save()
     if bar:
         bar.close()
+    if state_path:  # complete: the state before it is no longer needed
+        files.discard(previous_state(state_path))
     for m in milestones:  # reached before a resume: not scored in this run
         results.setdefault(m, score(m))
     snapshots = {m: st[f"s{m}"] for m in milestones}
@@ -383,6 +403,24 @@ def trajectory_fid(
     }
 
 
+def previous_state(path):
+    """Where the chain state saved before `path`'s is kept."""
+    return path[: -len(".npz")] + ".prev.npz"
+
+
+def _load_state(path):
+    """The arrays of a saved chain state, or None (missing; unreadable:
+    set aside with a warning naming it)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:  # truncated zip, bad CRC, not a zip at all
+        files.quarantine(path, f"the chain state does not load ({e})")
+        return None
+
+
 def _continues(f, milestones, batch_size, chunk, identity, same_file):
     """Whether the saved chain state `f` is a prefix of these chains.
 
@@ -391,9 +429,9 @@ def _continues(f, milestones, batch_size, chunk, identity, same_file):
     seeds and the same states as a run from step 0."""
     if int(f["batch_size"]) != batch_size:
         return False
-    if same_file and "identity" not in f.files:  # written before extension
+    if same_file and "identity" not in f:  # written before extension
         return list(f["milestones"]) == milestones
-    if "identity" not in f.files or str(f["identity"]) != identity:
+    if "identity" not in f or str(f["identity"]) != identity:
         return False
     if int(f["chunk"]) != chunk:
         return False

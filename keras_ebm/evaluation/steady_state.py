@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, data
+from keras_ebm import callbacks, data, files, interrupt
 from keras_ebm.evaluation import fid
 
 # The ancestors' grids: +-(largest radius + 4 sigma), 200 x 200 points.
@@ -187,12 +187,18 @@ def long_chains(config, workdir, model, x, segment=1000, sampler="ula"):
     path = os.path.join(workdir, "eval", f"chains_{fid.settings_key(settings)}.npz")
     done, accepted = 0, 0.0
     if os.path.exists(path):
-        with np.load(path) as f:
-            x, done, accepted = f["x"], int(f["done"]), float(f["accepted"])
+        try:
+            with np.load(path) as f:
+                x, done, accepted = f["x"], int(f["done"]), float(f["accepted"])
+        except Exception as e:  # a disk error: the chains start again
+            files.quarantine(path, f"the chain state does not load ({e})")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     step = _mala_steps(model, ev) if sampler == "mala" else None
     with tqdm(total=ev.num_steps, initial=done, unit="step", desc=sampler) as bar:
         while done < ev.num_steps:
+            if interrupt.requested():
+                saved = f"{done} steps saved in {path}"
+                raise interrupt.stop(f"the {sampler} chains", saved)
             k = min(segment, ev.num_steps - done)
             seed = tf.constant([config.seed + 2000, done])
             if step is None:
@@ -209,8 +215,12 @@ def long_chains(config, workdir, model, x, segment=1000, sampler="ula"):
                 x, rate = step(tf.constant(x), tf.constant(k), seed)
             x, done = x.numpy(), done + k
             accepted += float(rate) * k
-            np.savez(path + ".tmp.npz", x=x, done=done, accepted=accepted)
-            os.replace(path + ".tmp.npz", path)
+            files.atomic_write(
+                path,
+                lambda tmp, x=x, done=done, a=accepted: np.savez(
+                    tmp, x=x, done=done, accepted=a
+                ),
+            )
             bar.update(k)
     return np.asarray(x), accepted / max(done, 1)
 

@@ -124,9 +124,9 @@ class EnergyModel(keras.Model):
     def metric_names(self):
         """Names of the train-step metrics (subclasses add theirs)."""
         names = ["loss", "energy_gap", "energy_pos", "energy_neg"]
-        names += ["drift_norm", "drift_norm_path"]
+        names += ["drift_norm", "drift_norm_path", "nonfinite"]
         if self.bank is not None:
-            names += ["bank_age", "rejuvenated"]
+            names += ["bank_age", "rejuvenated", "reinitialized_rows"]
         if self.train_generator:
             names += ["gen_loss"]
         return names
@@ -262,18 +262,20 @@ class EnergyModel(keras.Model):
             `(x_init, z, pending, metrics)`: start states, their latents (or
             None), what `finish_chains` needs, and metrics of the draw.
         """
-        x_init, z = self.fresh_states(batch_size, seeds.fresh, x_data)
+        x_fresh, z_fresh = self.fresh_states(batch_size, seeds.fresh, x_data)
         if self.bank is None:
-            return x_init, z, None, {}
+            return x_fresh, z_fresh, None, {}
         idx = self.bank.draw_indices(seeds.draw)
-        x_old, counts, z_old = self.bank.draw(idx)
+        x_old, counts, z = self.bank.draw(idx)
         mask = self.bank.rejuvenation_mask(counts, seeds.mask)
-        x_init = ops.where(_rows(mask, x_init), x_init, x_old)
-        if z is not None and z_old is not None:
-            z = ops.where(mask[:, None], z, z_old)
+        x_init = ops.where(_rows(mask, x_fresh), x_fresh, x_old)
+        if z_fresh is not None and z is not None:
+            z = ops.where(mask[:, None], z_fresh, z)
+        else:
+            z = z_fresh
         counts = ops.where(mask, 0, counts + 1)
         metrics = {"rejuvenated": ops.mean(ops.cast(mask, "float32"))}
-        return x_init, z, (idx, counts), metrics
+        return x_init, z, (idx, counts, (x_fresh, z_fresh)), metrics
 
     def run_chains(self, x, num_steps, seed):
         """`num_steps` Langevin steps under the training potential; the
@@ -289,12 +291,16 @@ class EnergyModel(keras.Model):
         return ops.stop_gradient(x), stats
 
     def finish_chains(self, pending, x_neg, z, seeds):
-        """Writes the revised states (and latents) back; returns metrics."""
+        """Writes the revised states (and latents) back, a non-finite state
+        as this step's fresh one (`SampleBank.update`); returns metrics."""
         if self.bank is None:
             return {}
-        idx, counts = pending
-        self.bank.update(idx, x_neg, counts, z)
-        return {"bank_age": self.bank.mean_age()}
+        idx, counts, fresh = pending
+        replaced = self.bank.update(idx, x_neg, counts, z, fresh=fresh)
+        return {
+            "bank_age": self.bank.mean_age(),
+            "reinitialized_rows": ops.cast(replaced, "float32"),
+        }
 
     def train_step(self, data):
         """One step: start chains, K Langevin steps, EBM update, generator
@@ -325,7 +331,8 @@ class EnergyModel(keras.Model):
             gap = ops.mean(e_pos) - ops.mean(e_neg)
             loss = gap / self.temperature
             scaled = distribute.scale_for_replicas(loss)
-        self.ebm_optimizer.apply(tape.gradient(scaled, ebm_vars), ebm_vars)
+        grads = tape.gradient(scaled, ebm_vars)
+        self.ebm_optimizer.apply(grads, ebm_vars)
 
         if self.train_generator:
             gen_vars = self.generator.trainable_variables
@@ -335,8 +342,10 @@ class EnergyModel(keras.Model):
                     batch_size, "float32"
                 )
                 scaled = distribute.scale_for_replicas(gen_loss)
-            self.gen_optimizer.apply(tape.gradient(scaled, gen_vars), gen_vars)
+            gen_grads = tape.gradient(scaled, gen_vars)
+            self.gen_optimizer.apply(gen_grads, gen_vars)
             metrics["gen_loss"] = gen_loss
+            grads = grads + gen_grads
 
         metrics.update(self.finish_chains(pending, x_neg, z, seeds))
         metrics.update(
@@ -346,6 +355,9 @@ class EnergyModel(keras.Model):
             energy_neg=ops.mean(e_neg),
             drift_norm=stats.last_drift_norm,
             drift_norm_path=stats.drift_norm,
+            # The divergence guard's signal (keras_ebm.guard): 1 for a step
+            # whose energies or gradients are not all finite.
+            nonfinite=1.0 - ops.cast(_all_finite([e] + grads), "float32"),
         )
         for name, value in metrics.items():
             # A `(values, weights)` pair is a weighted mean (e.g. over the
@@ -460,6 +472,12 @@ class EnergyModel(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _all_finite(tensors):
+    return ops.all(
+        ops.stack([ops.all(ops.isfinite(t)) for t in tensors if t is not None])
+    )
 
 
 def _rows(mask, x):

@@ -111,16 +111,22 @@ class LongrunEnergyModel(EnergyModel):
     def finish_chains(self, pending, x_neg, z, seeds):
         idx, counts, idx_b, counts_b, x_burnin, x_fresh, transfer = pending
         rows = _rows(transfer, x_neg)
-        self.bank.update(
-            idx, ops.where(rows, x_burnin, x_neg), ops.where(transfer, 0, counts + 1)
+        # A chain that blew up restarts from the init source in either bank.
+        replaced = self.bank.update(
+            idx,
+            ops.where(rows, x_burnin, x_neg),
+            ops.where(transfer, 0, counts + 1),
+            fresh=(x_fresh, None),
         )
-        self.burnin_bank.update(
+        replaced += self.burnin_bank.update(
             idx_b,
             ops.where(rows, x_fresh, x_burnin),
             ops.where(transfer, 0, counts_b + 1),
+            fresh=(x_fresh, None),
         )
         weights = ops.cast(transfer, "float32")
         return {
+            "reinitialized_rows": ops.cast(replaced, "float32"),
             "bank_age": self.bank.mean_age(),
             "transferred": ops.mean(weights),
             # Energy of the states entering the update bank (none: no weight).

@@ -118,14 +118,39 @@ class SampleBank(keras.layers.Layer):
         latents = take(self.latents) if self.latents is not None else None
         return take(self.states), take(self.counts), latents
 
-    def update(self, indices, states, counts, latents=None):
+    def update(self, indices, states, counts, latents=None, fresh=None):
         """Writes rows back in place, O(B) whatever the bank size.
 
         Under a `tf.distribute` strategy the rows of every replica are
         gathered first and every replica scatters the same B rows into its
         own copy, so the one global bank stays identical everywhere (and is
         saved whole) with no copy of the bank per step.
+
+        Args:
+            fresh: optional `(states, latents or None)` from the init
+                source: a row of `states` that is not all finite (a chain
+                that blew up) is written as the fresh row instead, with
+                count 0; where the fresh row is not finite either (a
+                diverged generator) the bank keeps the row it held. So
+                the bank never holds a non-finite state.
+
+        Returns:
+            The number of this replica's rows not written as given.
         """
+        replaced = ops.zeros((), "int32")
+        if fresh is not None:
+            fresh_states, fresh_latents = fresh
+            finite = _finite_rows(states)
+            states = ops.where(_rows(finite, states), states, fresh_states)
+            states = ops.where(
+                _rows(_finite_rows(states), states),
+                states,
+                tf.gather(_local_copy(self.states), indices),
+            )
+            counts = ops.where(finite, counts, ops.zeros_like(counts))
+            if latents is not None and fresh_latents is not None:
+                latents = ops.where(finite[:, None], latents, fresh_latents)
+            replaced = ops.sum(ops.cast(ops.logical_not(finite), "int32"))
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             indices, states, counts = ctx.all_gather([indices, states, counts], axis=0)
@@ -135,6 +160,7 @@ class SampleBank(keras.layers.Layer):
         _scatter(self.counts, indices, counts)
         if latents is not None:
             _scatter(self.latents, indices, latents)
+        return replaced
 
     def fill(self, states, latents=None, counts=None):
         """Overwrites the whole bank (initialization)."""
@@ -159,6 +185,16 @@ class SampleBank(keras.layers.Layer):
             max_updates=self.max_updates,
         )
         return config
+
+
+def _finite_rows(x):
+    """Boolean `[B]`: row b of `x` is all finite."""
+    return ops.all(ops.isfinite(x), axis=tuple(range(1, len(x.shape))))
+
+
+def _rows(mask, x):
+    """Broadcasts a `[B]` mask against `[B, ...]`."""
+    return ops.reshape(mask, (-1,) + (1,) * (len(x.shape) - 1))
 
 
 def _local_copy(variable):
