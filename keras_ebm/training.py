@@ -281,13 +281,7 @@ def _resume_or_start(config, workdir, model, source, chief):
         if model.banks:
             model.initialize_bank(initial_data(config, model, source))
         if chief:
-            checkpoints.save(
-                model,
-                workdir,
-                0,
-                config.train.keep_checkpoints,
-                dataclasses.asdict(run_state),
-            )
+            _save(config, workdir, model, 0, run_state)
         return run_state
     step, path, manifest = restored
     run_state = guard.RunState.from_manifest(manifest)
@@ -387,14 +381,18 @@ def _save_and_stop(config, workdir, model, run_state, chief):
     path = checkpoints.checkpoint_path(workdir, step)
     saved = [s for s, _ in checkpoints.list_checkpoints(workdir)]
     if chief and step not in saved:
-        checkpoints.save(
-            model,
-            workdir,
-            step,
-            config.train.keep_checkpoints,
-            dataclasses.asdict(run_state),
-        )
+        _save(config, workdir, model, step, run_state)
     return interrupt.stop(f"training at step {step}", f"checkpoint {path} written")
+
+
+def _save(config, workdir, model, step, run_state):
+    return checkpoints.save(
+        model,
+        workdir,
+        step,
+        config.train.keep_checkpoints,
+        dataclasses.asdict(run_state),
+    )
 
 
 def _report(event, writer, chief, run_state):
@@ -423,13 +421,7 @@ def _after_divergence(config, workdir, model, event, run_state, chief):
         run_state.lr_scale *= g.lr_factor
         scale_learning_rates(model, config, run_state.lr_scale)
         if chief:
-            checkpoints.save(
-                model,
-                workdir,
-                step,
-                config.train.keep_checkpoints,
-                dataclasses.asdict(run_state),
-            )
+            _save(config, workdir, model, step, run_state)
             print(
                 f"divergence guard: rolled back to step {step} ({path}); learning "
                 f"rates x{run_state.lr_scale:g} (rollback {run_state.rollbacks} of "

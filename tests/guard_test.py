@@ -8,10 +8,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 
 from configs import shortrun
 from keras_ebm import checkpoints, regimes, training
 from keras_ebm.errors import Diverged
+from keras_ebm.models import EnergyModel
 from keras_ebm.sampling import SampleBank
 
 pytestmark = pytest.mark.slow
@@ -163,3 +165,28 @@ def test_bank_update_replaces_non_finite_rows_with_fresh_ones():
     )
     np.testing.assert_array_equal(bank.counts.numpy(), [0, 5, 0, 5, 6, 5])
     np.testing.assert_array_equal(bank.latents.numpy()[:, 0], [8, 0, 8, 0, 1, 0])
+
+
+class SqrtWeight(keras.Model):
+    """`E(x) = sqrt(v) sum x + ||x||^2` at v = 0: finite energies whose
+    gradient in v is infinite."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = (2,)
+        self.v = self.add_weight(shape=(), initializer="zeros", name="v")
+
+    def call(self, x, training=False):
+        return ops.sqrt(self.v) * ops.sum(x, 1, keepdims=True) + ops.sum(
+            x * x, 1, keepdims=True
+        )
+
+
+def test_a_non_finite_gradient_with_finite_energies_is_flagged():
+    # The gap alone would look healthy here; `nonfinite` sees the gradient.
+    model = EnergyModel(SqrtWeight(), num_steps=2, step_size=0.1)
+    model.compile(keras.optimizers.SGD(1e-3))
+    ds = tf.data.Dataset.from_tensors(tf.ones((4, 2))).repeat()
+    logs = model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0).history
+    assert np.isfinite(logs["energy_gap"][0])
+    assert logs["nonfinite"] == [1.0]

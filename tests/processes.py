@@ -160,3 +160,19 @@ def assert_same_checkpoints(path_a, path_b):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     return len(a)
+
+
+def kill_test(tmp_path, regime, seed):
+    """Ten SIGKILLs (`kill_cycles`), then the finished run's checkpoint
+    equals an uninterrupted run's, every array bit for bit."""
+    workdir, kills = kill_cycles(tmp_path, regime, cycles=10, seed=seed)
+    print("(cycle, checkpoint after the kill, seconds, in a write):", kills)
+    assert len(kills) == 11
+    straight = str(tmp_path / "straight")
+    code, output = run(
+        "train.py", train_flags(regime, straight, 40), tmp_path / "straight.log"
+    )
+    assert code == 0, output[-3000:]
+    (step, killed), (step_b, whole) = [newest(d) for d in (workdir, straight)]
+    assert step == step_b == 40
+    assert assert_same_checkpoints(killed, whole) > 20

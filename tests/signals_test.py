@@ -170,17 +170,22 @@ def test_a_corrupted_chain_state_falls_back_to_the_previous_one(tmp_path, caplog
     assert resumed["fid"] == full["fid"]
 
 
+def _attack_case(n, num_steps):
+    """A noisy defense of images on the boundary: each record is decided
+    by the purification noise (`attack_test`)."""
+    clf, _ = two_class(seed=0)
+    d = purify.DefendedClassifier(gaussian_model(), clf, 3)
+    s = attack.AttackSettings(
+        eps=0.3, step_size=0.1, num_steps=num_steps, adv_replicates=2, def_replicates=3
+    )
+    return d, np.zeros((n, D), "float32"), np.zeros(n, "int32"), s
+
+
 def test_an_attack_stopped_mid_batch_resumes_to_the_uninterrupted_result(tmp_path):
     # Batches of 3 over 10 images (boundaries 3, 6, 9); SIGINT arrives in
     # the second PGD iterate of batch 2. Batches 0 and 1 are kept, batch 2
     # is attacked anew; every record equals the uninterrupted attack's.
-    clf, _ = two_class(seed=0)
-    d = purify.DefendedClassifier(gaussian_model(), clf, 3)
-    x = np.zeros((10, D), "float32")
-    y = np.zeros(10, "int32")
-    s = attack.AttackSettings(
-        eps=0.3, step_size=0.1, num_steps=3, adv_replicates=2, def_replicates=3
-    )
+    d, x, y, s = _attack_case(10, num_steps=3)
     full = attack.evaluate(d, x, y, s, str(tmp_path / "a"), batch_size=3, seed=5)
     steps = []
 
@@ -205,13 +210,7 @@ def test_an_attack_stopped_mid_batch_resumes_to_the_uninterrupted_result(tmp_pat
 
 
 def test_a_corrupted_attack_batch_is_attacked_again(tmp_path, caplog):
-    clf, _ = two_class(seed=0)
-    d = purify.DefendedClassifier(gaussian_model(), clf, 3)
-    x = np.zeros((6, D), "float32")
-    y = np.zeros(6, "int32")
-    s = attack.AttackSettings(
-        eps=0.3, step_size=0.1, num_steps=2, adv_replicates=2, def_replicates=3
-    )
+    d, x, y, s = _attack_case(6, num_steps=2)
     out = str(tmp_path / "a")
     full = attack.evaluate(d, x, y, s, out, batch_size=3, seed=1)
     (first, _) = sorted((tmp_path / "a").glob("batch_*.npz"))
