@@ -93,7 +93,7 @@ def save(model, workdir, step, keep=3, extra=None):
         manifest = dict(
             step=int(step),
             bytes=os.path.getsize(tmp),
-            sha256=_sha256(tmp),
+            sha256=files.sha256(tmp),
             state_digest=state_digest(model),
             **(extra or {}),
         )
@@ -162,7 +162,7 @@ def problem_of(path):
         return None
     if size != manifest["bytes"]:
         return f"the file has {size} bytes, {manifest['bytes']} were written"
-    if _sha256(path) != manifest["sha256"]:
+    if files.sha256(path) != manifest["sha256"]:
         return "the file's SHA-256 differs from the one recorded when it was written"
     return None
 
@@ -225,14 +225,6 @@ def set_aside(workdir, after, suffix=".diverged"):
         if step > after:
             os.replace(path, path + suffix)
             files.discard(manifest_path(path))
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _first_line(e):

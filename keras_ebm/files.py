@@ -5,6 +5,7 @@ one; a file that cannot be read is skipped with a warning and set aside.
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -90,6 +91,15 @@ def quarantine(path, reason, suffix=".corrupt", move=True):
     else:
         where = ""
     log.warning("skipping %s: %s%s", path, reason, where)
+
+
+def sha256(path):
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fsync(path):

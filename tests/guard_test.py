@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from configs import shortrun
+from configs import common, shortrun
 from keras_ebm import checkpoints, regimes, training
 from keras_ebm.errors import Diverged
 from keras_ebm.models import EnergyModel
@@ -68,6 +68,9 @@ def tags(workdir):
 def test_a_nan_step_rolls_back_with_lower_learning_rates(tmp_path, capsys):
     workdir = str(tmp_path)
     config = smoke("rollback", lr_factor=0.5)
+    # A schedule: its scale is not in the optimizer's variables, so a
+    # resume must apply the manifest's.
+    config.optim.ebm_lr = common.schedule((0, 2e-4), (100, 1e-4))
     model = train(config, workdir, Inject(4, value=float("nan")))
     out = capsys.readouterr().out
     # Step 5 was non-finite; the state after step 4 produced it, so the run

@@ -138,15 +138,16 @@ def test_fid_chains_stop_on_a_signal_and_resume_to_the_same_curve(tmp_path):
 
 def test_a_corrupted_chain_state_falls_back_to_the_previous_one(tmp_path, caplog):
     stats = (np.zeros(2), np.eye(2))
+    calls = []
+
+    def advance(x, k, s):
+        calls.append(s)
+        return x * 0.5 + np.random.default_rng(s).normal(size=x.shape), 0.0, 0.0
 
     def trajectory(path, milestones):
         return fid.trajectory_fid(
             lambda b: np.ones((4, 2), "float32"),
-            lambda x, k, s: (
-                x * 0.5 + np.random.default_rng(s).normal(size=x.shape),
-                0.0,
-                0.0,
-            ),
+            advance,
             lambda x: np.asarray(x, "float64"),
             stats,
             8,
@@ -165,9 +166,11 @@ def test_a_corrupted_chain_state_falls_back_to_the_previous_one(tmp_path, caplog
     os.replace(path, fid.previous_state(path))
     with open(path, "wb") as f:
         f.write(b"not a zip file")
+    calls.clear()
     resumed = trajectory(path, (0, 3))
     assert path in caplog.text and os.path.exists(path + ".corrupt")
     assert resumed["fid"] == full["fid"]
+    assert calls == []  # continued from `.prev` (complete), not restarted
 
 
 def _attack_case(n, num_steps):

@@ -117,7 +117,7 @@ def download_inception(cache_dir, sha256=""):
         cache_subdir=".",
         file_hash=sha256 or None,
     )
-    digest = _sha256(archive)
+    digest = files.sha256(archive)
     record = archive + ".sha256"
     if os.path.exists(record):
         with open(record) as f:
@@ -133,15 +133,6 @@ def download_inception(cache_dir, sha256=""):
             member = tar.getmember(INCEPTION_GRAPH)
             tar.extract(member, cache_dir, filter="data")
     return graph
-
-
-def _sha256(path):
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def inception_keras(weights="imagenet"):
@@ -179,17 +170,17 @@ def backbone(config):
             "digits",
             lambda x: model.features(x, training=False),
             256,
-            _sha256(weights),
+            files.sha256(weights),
         )
     if ev.backbone == "inception_ttur":
         path = ev.inception_graph
         if not path and ev.download:
             path = download_inception(ev.cache_dir, ev.inception_sha256)
         fn = load_inception_graph(path)
-        return Backbone("inception_ttur", fn, 50, _sha256(path))
+        return Backbone("inception_ttur", fn, 50, files.sha256(path))
     if ev.backbone == "inception_keras":
         weights = ev.inception_weights
-        fingerprint = _sha256(weights) if os.path.isfile(weights) else str(weights)
+        fingerprint = files.sha256(weights) if os.path.isfile(weights) else str(weights)
         return Backbone("inception_keras", inception_keras(weights), 50, fingerprint)
     raise ValueError(f"unknown FID backbone {ev.backbone!r}")
 
