@@ -24,9 +24,27 @@ def mirrored_strategy():
     return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
 
 
+# The longest files first: `make test` hands whole files to two workers in
+# collection order, and a long file started last keeps one worker busy
+# while the other idles (longest-processing-time-first scheduling).
+LONGEST_FIRST = (
+    "multi_worker_test.py",
+    "kill_longrun_test.py",
+    "kill_shortrun_test.py",
+    "attack_test.py",
+    "xla_test.py",
+    "checkpoints_test.py",
+    "guard_test.py",
+    "fid_test.py",
+    "signals_test.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     # tf.test.TestCase.test_session is a context manager, not a test.
     items[:] = [item for item in items if item.name != "test_session"]
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(autouse=True)

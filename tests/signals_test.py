@@ -188,7 +188,9 @@ def test_an_attack_stopped_mid_batch_resumes_to_the_uninterrupted_result(tmp_pat
     # Batches of 3 over 10 images (boundaries 3, 6, 9); SIGINT arrives in
     # the second PGD iterate of batch 2. Batches 0 and 1 are kept, batch 2
     # is attacked anew; every record equals the uninterrupted attack's.
-    d, x, y, s = _attack_case(10, num_steps=3)
+    # The iterates' hooks need not run in order inside the compiled loop:
+    # enough iterates that a later one sees the signal.
+    d, x, y, s = _attack_case(10, num_steps=10)
     full = attack.evaluate(d, x, y, s, str(tmp_path / "a"), batch_size=3, seed=5)
     steps = []
 

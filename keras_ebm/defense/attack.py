@@ -275,7 +275,11 @@ def batch_attack(defended, settings, on_step=None):
             adv_correct = adv_correct.write(i, correct)
             if on_step is not None:
                 accuracy = tf.reduce_mean(tf.cast(defended_now, tf.float32))
-                tf.py_function(on_step, [i, accuracy], [])
+                # The next iterate waits for the hook: hooks run in order,
+                # and a hook that stops the batch stops it here.
+                hooked = tf.py_function(_hook(on_step), [i, accuracy], tf.int32)
+                with tf.control_dependencies([hooked]):
+                    x_adv = tf.identity(x_adv)
             # The update after the last evaluation is discarded (as the
             # reference), so x_adv ends as the num_steps-th PGD iterate.
             if i < n:
@@ -283,6 +287,17 @@ def batch_attack(defended, settings, on_step=None):
         return record.stack(), adv_correct.stack(), x_broken, x_adv
 
     return run
+
+
+def _hook(on_step):
+    """`on_step` as a `tf.py_function` with an output (0), on which the
+    next iterate can wait."""
+
+    def hook(iterate, accuracy):
+        on_step(iterate, accuracy)
+        return 0
+
+    return hook
 
 
 def proportion_ci(successes, n, level=0.95):
