@@ -23,10 +23,11 @@ demo: $(STAMP)
 	$(PY) train.py
 	$(PY) evaluate.py
 
-# Two processes, whole files each (a file's module fixtures stay together):
-# the suite's TensorFlow work and its subprocess waits overlap.
+# Three processes on two cores, whole files each (a file's module fixtures
+# stay together): the suite's TensorFlow work, its process start-ups and its
+# waits on subprocesses overlap (two processes left a fifth of the CPU idle).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist=loadfile
+	$(PY) -m pytest -q -n 3 --dist=loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
