@@ -96,7 +96,7 @@ def train_flags(regime, workdir, num_steps):
 RESUMED = re.compile(r"Resumed from step (\d+): \S+ \(state ([0-9a-f]+) verified\)")
 
 
-def kill_cycles(tmp_path, regime, cycles=10, num_steps=40, seed=0):
+def kill_cycles(tmp_path, regime, cycles=10, num_steps=32, seed=0):
     """Kills a training run with SIGKILL `cycles` times in a row at random
     points, restarting it each time, then lets it finish.
 
@@ -127,7 +127,7 @@ def kill_cycles(tmp_path, regime, cycles=10, num_steps=40, seed=0):
                 wait_until(
                     lambda b=before: newest(workdir)[0] > b, proc, what="progress"
                 )
-                time.sleep(rng.uniform(0.0, 0.8))
+                time.sleep(rng.uniform(0.0, 0.5))
             proc.kill()
         proc.wait(300)
         output = read(log_path)
@@ -170,9 +170,9 @@ def kill_test(tmp_path, regime, seed):
     assert len(kills) == 11
     straight = str(tmp_path / "straight")
     code, output = run(
-        "train.py", train_flags(regime, straight, 40), tmp_path / "straight.log"
+        "train.py", train_flags(regime, straight, 32), tmp_path / "straight.log"
     )
     assert code == 0, output[-3000:]
     (step, killed), (step_b, whole) = [newest(d) for d in (workdir, straight)]
-    assert step == step_b == 40
+    assert step == step_b == 32
     assert assert_same_checkpoints(killed, whole) > 20
