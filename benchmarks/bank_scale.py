@@ -32,8 +32,8 @@ FLAGS = flags.FLAGS
 
 
 def build(size):
-    from configs import shortrun
     from keras_ebm import distribute, run
+    from keras_ebm.configs import shortrun
 
     c = shortrun.get_config("smoke")
     c.data.update(image_size=32, channels=3)

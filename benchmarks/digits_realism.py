@@ -45,8 +45,8 @@ def main(_):
     import ml_collections
     import numpy as np
 
-    from configs import classifier as clf_configs
     from keras_ebm import classify, data
+    from keras_ebm.configs import classifier as clf_configs
     from keras_ebm.evaluation import fid
 
     with open(os.path.join(FLAGS.workdir, "config.json")) as f:

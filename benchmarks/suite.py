@@ -143,7 +143,9 @@ def langevin_rows(rows, k, repeats):
 def _train_config(regime, k, batch):
     import importlib
 
-    config = importlib.import_module(f"configs.{regime}").get_config("cifar10")
+    config = importlib.import_module(f"keras_ebm.configs.{regime}").get_config(
+        "cifar10"
+    )
     config.train.batch_size = batch
     config.langevin.num_steps = k
     config.bank.size = 4 * batch

@@ -29,8 +29,8 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
-    from configs import longrun, shortrun
     from keras_ebm import run
+    from keras_ebm.configs import longrun, shortrun
 
     rows = []
     presets = {"shortrun": shortrun, "longrun": longrun}

@@ -10,8 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import longrun, prior
 from keras_ebm import data, run
+from keras_ebm.configs import longrun, prior
 
 pytestmark = pytest.mark.slow
 

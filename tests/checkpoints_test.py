@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from configs import shortrun
 from keras_ebm import checkpoints, files, run
+from keras_ebm.configs import shortrun
 from keras_ebm.errors import CheckpointError, WriteError
 from tests import processes
 

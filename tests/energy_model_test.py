@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
-from configs import shortrun
 from keras_ebm import run
+from keras_ebm.configs import shortrun
 
 
 def smoke_config(**overrides):

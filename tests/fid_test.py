@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import classifier as clf_configs
-from configs import shortrun
 from keras_ebm import classify, run
+from keras_ebm.configs import classifier as clf_configs
+from keras_ebm.configs import shortrun
 from keras_ebm.evaluation import fid, metrics
 from keras_ebm.sampling import langevin, potential
 

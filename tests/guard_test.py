@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from configs import common, shortrun
 from keras_ebm import checkpoints, regimes, training
+from keras_ebm.configs import common, shortrun
 from keras_ebm.errors import Diverged
 from keras_ebm.models import EnergyModel
 from keras_ebm.sampling import SampleBank

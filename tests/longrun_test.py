@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import longrun, prior
 from keras_ebm import run, training
+from keras_ebm.configs import longrun, prior
 from keras_ebm.models import LongrunEnergyModel
 from keras_ebm.sampling import SampleBank
 from tests.linear_nets import LinearEnergy

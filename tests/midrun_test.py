@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import classifier, midrun
 from keras_ebm import run
+from keras_ebm.configs import classifier, midrun
 from keras_ebm.regimes import midrun as midrun_regime
 
 

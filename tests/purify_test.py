@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import midrun
+from keras_ebm.configs import midrun
 from keras_ebm.defense import purify, report
 from keras_ebm.models import EnergyModel
 from tests.linear_nets import HalfSquare, assert_gaussian_rows, gaussian_law

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-from configs import midrun
+from keras_ebm.configs import midrun
 from keras_ebm.defense import purify, report
 from keras_ebm.models import EnergyModel
 from tests.linear_nets import ScaledSquare, gaussian_law

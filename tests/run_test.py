@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import shortrun
 from keras_ebm import checkpoints, run
+from keras_ebm.configs import shortrun
 
 # Whole runs, subprocesses and exports: seconds each.
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from configs import shortrun
 from keras_ebm import checkpoints, interrupt, run
+from keras_ebm.configs import shortrun
 from keras_ebm.defense import attack, purify
 from keras_ebm.errors import Interrupted
 from keras_ebm.evaluation import fid

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs import longrun, shortrun
 from keras_ebm import run
+from keras_ebm.configs import longrun, shortrun
 from keras_ebm.evaluation import steady_state
 
 

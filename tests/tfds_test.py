@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import shortrun
 from keras_ebm import data, run
+from keras_ebm.configs import shortrun
 
 # Whole runs, subprocesses and exports: seconds each.
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_train_on_cifar10_flag_path(cifar_dir, tmp_path):
 
 
 def test_classifier_regime_on_cifar10(cifar_dir, tmp_path):
-    from configs import classifier as clf_configs
+    from keras_ebm.configs import classifier as clf_configs
 
     config = clf_configs.get_config("cifar10")
     config.data.data_dir = cifar_dir

@@ -11,7 +11,7 @@ from keras_ebm import data, run, training
 
 
 def _one_xla_step(regime, precision):
-    config = importlib.import_module(f"configs.{regime}").get_config("smoke")
+    config = importlib.import_module(f"keras_ebm.configs.{regime}").get_config("smoke")
     config.train.update(jit_compile="on", precision=precision)
     run.check_config(config)
     source = data.images(config)

@@ -159,8 +159,8 @@ def backbone(config):
     """The `Backbone` named by `config.eval.backbone`."""
     ev = config.eval
     if ev.backbone == "digits":
-        from configs import classifier as clf_configs
         from keras_ebm import classify
+        from keras_ebm.configs import classifier as clf_configs
 
         clf_config = clf_configs.get_config("digits")
         clf_config.data.image_size = config.data.image_size

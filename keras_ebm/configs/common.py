@@ -15,6 +15,16 @@ import ml_collections
 Config = ml_collections.ConfigDict
 
 
+class UnknownPreset(ValueError):
+    """`get_config(arg)` of a dataset the regime has no preset for."""
+
+    def __init__(self, regime, arg, presets):
+        self.regime, self.arg, self.presets = regime, arg, tuple(presets)
+        super().__init__(
+            f"unknown dataset {arg!r} for {regime}; {regime} takes {', '.join(presets)}"
+        )
+
+
 def schedule(*pairs):
     """Piecewise-constant learning rate: `schedule((0, 1e-4), (50000, 1e-5))`.
 

@@ -1,0 +1,195 @@
+"""Midrun adversarial defense, training (paper Section 3, Algorithm 3;
+ebm-life-cycle `configs/*_medconv_*.py`): a persistent bank rejuvenated
+rarely from a frozen generator or from data, no lifetime cap, and the
+learning rate annealed 1e-4 -> 1e-8 over 125K steps.
+
+    python train.py --regime=shortrun --dataset=cifar10   # the generator
+    python train.py --regime=midrun --dataset=cifar10     # frozen SNGAN-32 source
+    python train.py --regime=midrun --dataset=cifar10_data
+
+p = K / K_def (the paper): with K 100 steps per draw and purification of
+K_def steps, a state lives K_def steps on average (0.05 -> 2000).
+
+`get_config(arg)`: cifar10, cifar10_data, imagenet2012, digits, folder or
+smoke.
+"""
+
+from keras_ebm.configs import common
+
+ANNEAL = common.schedule(
+    (0, 1e-4), (50000, 1e-5), (75000, 1e-6), (100000, 1e-7), (125000, 1e-8)
+)
+
+
+# The datasets (presets) of this regime: `--dataset` or `:<preset>`.
+PRESETS = ("digits", "smoke", "cifar10", "cifar10_data", "imagenet2012", "folder")
+
+
+def get_config(arg="digits"):
+    arg = {"imagenet": "imagenet2012"}.get(arg, arg)
+    c = common.get_base_config()
+    c.regime = "midrun"
+    c.preset = arg  # the config's argument; `--workdir` alone finds it again
+    c.data.name = arg
+    c.generator.update(trainable=False, batch_stats_in_training=False)
+    c.generator.weights = f"runs/shortrun/{arg}"
+    c.bank.max_updates = 0
+    # Purification (evaluation): K_def steps at the attack config's eps and
+    # T (the reference's attack_config_cifar10: 1e-2, 1e-4).
+    c.defense = common.Config(
+        dict(
+            num_steps=2000,  # K_def
+            step_size=0.0,  # purification eps; 0 = the training eps
+            temperature=0.0,  # purification T; 0 = the training T
+            classifier_workdir=f"runs/classifier/{arg}",
+        )
+    )
+    # BPDA+EOT evaluation (ebm-life-cycle configs_attack/, CIFAR-10 values):
+    # eps and step in [0, 1] pixel units (8/255), doubled on [-1, 1] images.
+    c.attack = common.Config(
+        dict(
+            eps=8 / 255,
+            step_size=2 / 255,  # eta
+            num_steps=50,  # PGD steps
+            norm="linf",  # or l2
+            adv_replicates=48,  # H_adv (EOT)
+            def_replicates=128,  # H_def (verification)
+            num_images=640,
+            batch_size=64,
+            split="test",
+            random_start=True,
+            # Every attack runs with num_seeds independent seeds (seed,
+            # seed + 1, ...) of its random start and purification noise;
+            # figures are their mean and spread. `seed` also orders the images.
+            seed=0,
+            num_seeds=3,
+            # Figure 6: natural and robust accuracy for each K_def (0 = the
+            # undefended classifier), on the first curve_images (0 = all),
+            # with the first seed, under BPDA+EOT (and the full-gradient
+            # attack when adaptive).
+            k_def_curve=(),
+            curve_images=0,
+            # The full-gradient attack (MEFA): exact gradients through the
+            # last adaptive_grad_steps Langevin steps (-1 = all K_def, no
+            # BPDA anywhere), checkpointed every checkpoint_every steps (0 =
+            # ~sqrt(K_def): memory grows with sqrt(K_def)), ascending
+            # adaptive_loss (margin, or ce as BPDA+EOT), with the first
+            # adaptive_seeds seeds on the first adaptive_images images.
+            adaptive=False,
+            adaptive_grad_steps=-1,
+            checkpoint_every=0,
+            adaptive_loss="margin",
+            adaptive_seeds=1,
+            adaptive_images=0,  # the first so many images; 0 = all
+            report_name="",  # the report goes to eval/attack/<report_name>
+        )
+    )
+    if arg == "digits":
+        # Data-rejuvenated (as cifar10_data), on the classifier's training
+        # part only: the defense is attacked on the held-out test images, so
+        # neither the EBM nor a generator may have seen them.
+        c.data.split = "classifier_train"
+        c.init.source = "data"
+        c.model.generator = ""
+        c.generator.weights = ""
+        # Chains at eps 3e-2 (data noise 2 eps) that live ~K/p = 400 steps,
+        # 4000 annealed updates: of the EBMs tried (BUILD_NOTES, issue 13)
+        # the one whose chains purify best at large steps.
+        c.langevin.update(num_steps=40, step_size=3e-2)
+        c.bank.rejuvenation_prob = 0.1
+        c.data.noise_std = 6e-2
+        c.optim.ebm_lr = common.schedule((0, 2e-4), (3000, 2e-5), (3600, 2e-6))
+        c.train.update(num_steps=4000, image_every=500, checkpoint_every=500)
+        # Purification: 100 steps of eps 4e-2 at T 5e-5, i.e. 3.6 times the
+        # training drift per step (eps^2 / 2T 16 against 4.5): about the
+        # 400 training steps a bank state lives (p = K / K_def in drift
+        # units). Lower T (a stronger drift) purified better than more
+        # noise in the screens (BUILD_NOTES).
+        c.defense.update(num_steps=100, step_size=4e-2, temperature=5e-5)
+        # eps 0.15 (~38/255, 2.4 of the 16 grey levels) is the smallest
+        # tried at which PGD leaves the undefended digits CNN below 5% for
+        # every seed (BUILD_NOTES); eta eps/4 as the reference. H_adv / H_def
+        # sized for a 2-core CPU; 256 of the 360 held-out test images.
+        c.attack.update(
+            eps=0.15,
+            step_size=0.0375,
+            adv_replicates=8,
+            def_replicates=32,
+            num_images=256,
+            num_seeds=3,
+            adaptive=True,
+            adaptive_seeds=1,
+            k_def_curve=(0, 25, 50, 100, 200),
+            curve_images=64,
+        )
+    elif arg == "smoke":
+        common.smoke(c)
+        c.init.source = "noise"
+        c.generator.weights = ""
+        c.bank.rejuvenation_prob = 0.1
+        c.defense.update(num_steps=4, classifier_workdir="runs/classifier/digits")
+        c.attack.update(
+            eps=0.15,
+            step_size=0.05,
+            num_steps=2,
+            adv_replicates=2,
+            def_replicates=2,
+            num_images=8,
+            batch_size=4,
+            k_def_curve=(0, 2),
+            curve_images=4,
+            num_seeds=2,
+        )
+    elif arg in ("cifar10", "cifar10_data"):
+        c.data.update(name="cifar10", image_size=32, channels=3)
+        c.model.update(ebm="ebm_sngan32", generator="gen_sngan32", latent_dim=128)
+        c.model.ebm_kwargs = common.Config()
+        c.model.generator_kwargs = common.Config(dict(bn_epsilon=1e-3))
+        c.langevin.update(num_steps=100, step_size=1.25e-2, temperature=1e-4)
+        c.data.noise_std = 2.5e-2
+        c.bank.update(size=25000, rejuvenation_prob=0.05)
+        c.generator.weights = "runs/shortrun/cifar10"
+        c.defense.classifier_workdir = "runs/classifier/cifar10"
+        # attack_config_cifar10 purifies at 1e-2 whichever EBM it defends
+        # with (this one trains at 1.25e-2).
+        c.defense.step_size = 1e-2
+        if arg == "cifar10_data":  # cifar10_medconv_sngan_data
+            c.init.source = "data"
+            c.model.generator = ""
+            c.generator.weights = ""
+            c.langevin.step_size = 1e-2
+            c.data.noise_std = 2e-2
+            c.bank.update(size=20000, rejuvenation_prob=0.025)
+        c.optim.ebm_lr = ANNEAL
+        common.paper_training(c, 150000)
+    elif arg == "imagenet2012":
+        # imagenet_medconv_sngan: 224x224, BigGAN-deep EBM and a frozen
+        # BigGAN-deep-256 generator resized to 224 (both not built yet).
+        c.data.update(image_size=224, channels=3, noise_std=3e-2)
+        c.model.update(ebm="ebm_biggan", generator="gen_biggan_deep256", latent_dim=128)
+        c.model.ebm_kwargs = common.Config()
+        c.model.generator_kwargs = common.Config()
+        c.langevin.update(num_steps=100, step_size=2e-2, temperature=1e-5)
+        c.bank.update(size=10000, rejuvenation_prob=0.05)
+        c.defense.num_steps = 200
+        # attack_config_imagenet: validation, 8 x 100 images, 2/255, eta
+        # 1/255, H_adv 24 (the paper's table says 16), H_def 64.
+        c.attack.update(
+            eps=2 / 255,
+            step_size=1 / 255,
+            adv_replicates=24,
+            def_replicates=64,
+            num_images=800,
+            batch_size=8,
+            split="validation",
+        )
+        c.optim.ebm_lr = ANNEAL
+        common.paper_training(c, 150000, batch_size=64)
+    elif arg == "folder":
+        c.data.update(image_size=32, channels=3)
+        c.init.source = "data"
+        c.model.generator = ""
+        c.generator.weights = ""
+    else:
+        raise common.UnknownPreset("midrun", arg, PRESETS)
+    return c
