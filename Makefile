@@ -2,6 +2,7 @@
 #   make demo   create .venv, install pinned dependencies, train and evaluate
 #               shortrun on digits
 #   make test   same set-up, then the test suite
+# Both install keras_ebm itself into .venv (editable).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,6 +16,9 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	# --no-deps: the lock is complete, and the resolver would otherwise pull
 	# the full `tensorflow` wheel in through tf-keras.
 	$(PY) -m pip install --quiet --no-deps -r requirements.lock -r requirements-dev.lock
+	# keras_ebm itself, editable, so that `import keras_ebm` works from any
+	# folder; the build uses the pinned setuptools (no isolation, offline).
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # The digits classifier gives the FID features; it trains once (~20 s).

@@ -1,19 +1,26 @@
 """SavedModel export: plain TensorFlow can load and use a trained EBM.
 
-Endpoints (float32 NHWC images in [-1, 1], dynamic batch):
+Endpoints (float32 NHWC images in [-1, 1], dynamic batch; every sampling
+endpoint takes an optional scalar int32 `num_steps`):
 
 - `energy(x) -> [B]`: the potential `U(x)` of the regime (E/T plus any
   prior and Gaussian terms), what Langevin descends;
-- `sample(x, num_steps) -> x`: Langevin from `x` with the trained step size
-  and temperature;
-- `purify(x) -> x`: the regime's purification, `purify_steps` steps at
+- `sample(x, num_steps=K) -> x`: Langevin from `x` with the trained step
+  size and temperature (default: the training K);
+- `purify(x, num_steps=purify_steps) -> x`: the regime's purification at
   `purify_step_size`;
-- `generate(n) -> [n, H, W, C]`: generator init plus the evaluation steps
-  (only for models with a generator).
+- `generate(n, num_steps=eval_steps) -> [n, H, W, C]`: generator init plus
+  Langevin at the evaluation step size and temperature (only for models
+  with a generator; the longrun default is 100,000 steps, so pass fewer to
+  look quickly).
 
-`r = tf.saved_model.load(path)`, then `r.energy(x)`. Keep `r` referenced
-while calling its endpoints.
+`r = tf.saved_model.load(path)`, then `r.energy(x)` or
+`r.generate(8, num_steps=100)`. Keep `r` referenced while calling its
+endpoints.
 """
+
+import contextlib
+import logging
 
 import keras
 import tensorflow as tf
@@ -38,24 +45,76 @@ def checked(x, state_shape, endpoint):
         return tf.ensure_shape(tf.identity(x), (None,) + tuple(state_shape))
 
 
+class _InputNameNotes(logging.Filter):
+    """Drops TF's note, one per endpoint input, that an input name holds
+    characters a signature key cannot (nothing a user can act on)."""
+
+    def filter(self, record):
+        return "with unsupported characters" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_save():
+    """Writes SavedModels without TF's per-input notes."""
+    noise = _InputNameNotes()
+    logger = logging.getLogger("absl")
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
+
+
+def write_out(archive, path):
+    """`archive.write_out(path)` without TF's per-input notes."""
+    with quiet_save():
+        archive.write_out(path, verbose=False)
+    return path
+
+
+NUM_STEPS = tf.TensorSpec([], tf.int32, name="num_steps")
+
+
+def add_endpoint(archive, name, fn, *specs):
+    """Adds `fn(*specs, num_steps=None)` as endpoint `name`, callable with
+    and without its last argument (one concrete function each)."""
+    function = tf.function(fn)
+    function.get_concrete_function(*specs)
+    function.get_concrete_function(*specs, NUM_STEPS)
+    archive.add_endpoint(name, function)
+
+
+def steps_or(num_steps, default):
+    """`num_steps` (checked >= 0) or the endpoint's default."""
+    if num_steps is None:
+        return default
+    check = tf.debugging.assert_non_negative(
+        num_steps, message="num_steps must be >= 0"
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(num_steps)
+
+
 def export(
     model,
     path,
     *,
-    purify_steps,
-    eval_steps,
-    eval_step_size,
-    eval_temperature,
+    purify_steps=None,
+    eval_steps=None,
+    eval_step_size=None,
+    eval_temperature=None,
     purify_step_size=None,
     purify_temperature=None,
 ):
     """Writes a SavedModel of `model` with the endpoints above to `path`.
 
     `purify` takes `purify_steps` steps at `purify_step_size` and
-    `purify_temperature` (default: the training step size and temperature);
-    `generate` takes `eval_steps` at the evaluation step size and
-    temperature.
+    `purify_temperature`; `generate` takes `eval_steps` at `eval_step_size`
+    and `eval_temperature`. Every unset value is the model's training one
+    (K, eps, T); each is the default of its endpoint's `num_steps`.
     """
+    purify_steps = model.num_steps if purify_steps is None else purify_steps
+    eval_steps = model.num_steps if eval_steps is None else eval_steps
     shape = tuple(model.state_shape)
     any_rank = tf.TensorSpec(None, tf.float32, name="x")
     archive = keras.export.ExportArchive()
@@ -77,38 +136,29 @@ def export(
     def energy(x):
         return model.potential(checked(x, shape, "energy"))
 
-    def sample(x, num_steps):
+    def sample(x, num_steps=None):
         x = checked(x, shape, "sample")
-        tf.debugging.assert_non_negative(num_steps, message="num_steps must be >= 0")
-        return run(x, num_steps)
+        return run(x, steps_or(num_steps, model.num_steps))
 
-    def purify(x):
+    def purify(x, num_steps=None):
         return run(
             checked(x, shape, "purify"),
-            purify_steps,
+            steps_or(num_steps, purify_steps),
             purify_step_size,
             purify_temperature,
         )
 
     archive.add_endpoint("energy", tf.function(energy), input_signature=[any_rank])
-    archive.add_endpoint(
-        "sample",
-        tf.function(sample),
-        input_signature=[any_rank, tf.TensorSpec([], tf.int32, name="num_steps")],
-    )
-    archive.add_endpoint("purify", tf.function(purify), input_signature=[any_rank])
+    add_endpoint(archive, "sample", sample, any_rank)
+    add_endpoint(archive, "purify", purify, any_rank)
     if model.generator is not None:
 
-        def generate(n):
+        def generate(n, num_steps=None):
             tf.debugging.assert_positive(n, message="generate expects n >= 1")
             z = tf.random.normal((n, model.generator.latent_dim))
             x = model.generate(z, training=False)
-            return run(x, eval_steps, eval_step_size, eval_temperature)
+            steps = steps_or(num_steps, eval_steps)
+            return run(x, steps, eval_step_size, eval_temperature)
 
-        archive.add_endpoint(
-            "generate",
-            tf.function(generate),
-            input_signature=[tf.TensorSpec([], tf.int32, name="n")],
-        )
-    archive.write_out(path, verbose=False)
-    return path
+        add_endpoint(archive, "generate", generate, tf.TensorSpec([], tf.int32, "n"))
+    return write_out(archive, path)

@@ -86,24 +86,25 @@ class DefendedClassifier:
         )
         return h.hexdigest()[:16]
 
-    def logits(self, x, num_replicates, seed):
-        """Replicate-averaged logits `[B, classes]` of `f(T(x))`.
+    def logits(self, x, num_replicates, seed, num_steps=None):
+        """Replicate-averaged logits `[B, classes]` of `f(T(x))` (K_def or
+        `num_steps` purification steps).
 
         Replicates are laid out as the reference's `tf.repeat` (`[x1]*H,
         [x2]*H, ...`), so one Langevin batch purifies them all.
         """
         h = num_replicates
-        purified = self.purify(tf.repeat(x, h, axis=0), seed)
+        purified = self.purify(tf.repeat(x, h, axis=0), seed, num_steps)
         out = self.classifier(purified, training=False)
         return tf.reduce_mean(tf.reshape(out, (-1, h, tf.shape(out)[-1])), axis=1)
 
 
 def export_defended(defended, path):
     """A SavedModel with `classify(x)` (the undefended logits, differentiable
-    in x), `purify(x)` (K_def steps, fresh noise every call) and
-    `predict(x, num_replicates)` (replicate-averaged logits of
-    classify(purify(x))), on float32 `[B, H, W, C]` in [-1, 1], loadable with
-    plain TensorFlow."""
+    in x), `purify(x, num_steps=K_def)` (fresh noise every call) and
+    `predict(x, num_replicates, num_steps=K_def)` (replicate-averaged logits
+    of classify(purify(x))), on float32 `[B, H, W, C]` in [-1, 1], loadable
+    with plain TensorFlow; `num_steps` is an optional int32 scalar."""
     shape = tuple(defended.model.state_shape)
     any_rank = tf.TensorSpec(None, tf.float32, name="x")
     archive = keras.export.ExportArchive()
@@ -113,24 +114,24 @@ def export_defended(defended, path):
     def seed():
         return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
 
+    def steps(num_steps):
+        return export_lib.steps_or(num_steps, defended.num_steps)
+
     def classify(x):
         x = export_lib.checked(x, shape, "classify")
         return defended.classifier(x, training=False)
 
-    def purify(x):
-        return defended.purify(export_lib.checked(x, shape, "purify"), seed())
+    def purify(x, num_steps=None):
+        x = export_lib.checked(x, shape, "purify")
+        return defended.purify(x, seed(), steps(num_steps))
 
-    def predict(x, num_replicates):
+    def predict(x, num_replicates, num_steps=None):
         x = export_lib.checked(x, shape, "predict")
         tf.debugging.assert_positive(num_replicates, message="num_replicates >= 1")
-        return defended.logits(x, num_replicates, seed())
+        return defended.logits(x, num_replicates, seed(), steps(num_steps))
 
     archive.add_endpoint("classify", tf.function(classify), input_signature=[any_rank])
-    archive.add_endpoint("purify", tf.function(purify), input_signature=[any_rank])
-    archive.add_endpoint(
-        "predict",
-        tf.function(predict),
-        input_signature=[any_rank, tf.TensorSpec([], tf.int32, name="num_replicates")],
-    )
-    archive.write_out(path, verbose=False)
-    return path
+    export_lib.add_endpoint(archive, "purify", purify, any_rank)
+    replicates = tf.TensorSpec([], tf.int32, name="num_replicates")
+    export_lib.add_endpoint(archive, "predict", predict, any_rank, replicates)
+    return export_lib.write_out(archive, path)

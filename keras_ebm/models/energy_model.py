@@ -46,7 +46,9 @@ class EnergyModel(keras.Model):
     Shortrun and midrun are configurations of this class.
 
     Args:
-        energy_net: `[B, ...] -> [B, 1]` network.
+        energy_net: a Keras network `[B, *state_shape] -> [B, 1]` (or
+            `[B]`): any functional or Sequential model with a fixed input
+            shape, or a network with an `image_shape` attribute.
         num_steps: K.
         step_size: Langevin noise std eps; the drift is `(eps^2/2) grad U`.
         temperature: T.
@@ -107,7 +109,7 @@ class EnergyModel(keras.Model):
         self.prior_temperature = prior_temperature
         self.tau = tau
         self.seed = seed
-        self.state_shape = tuple(energy_net.image_shape)
+        self.state_shape = state_shape_of(energy_net)
         if generator is not None:
             generator.trainable = self.train_generator
         if prior_net is not None:
@@ -115,7 +117,9 @@ class EnergyModel(keras.Model):
         self.potential = self.potential_at(temperature)
 
         self.trackers = {n: keras.metrics.Mean(name=n) for n in self.metric_names()}
-        self._samplers = {}
+        # Compiled samplers by settings. Not model state: Keras and TF
+        # track a plain dict of tf.functions, and export then fails on it.
+        self._samplers = _Untracked()
         self.build((None,) + self.state_shape)
 
     def build(self, input_shape):
@@ -170,6 +174,67 @@ class EnergyModel(keras.Model):
                 raise ValueError("a trained generator needs gen_optimizer")
             self.gen_optimizer = gen_optimizer
             gen_optimizer.build(self.generator.trainable_variables)
+
+    def fit(self, x=None, y=None, batch_size=None, **kwargs):
+        """Keras `fit`, after two checks that would otherwise fail deep in
+        the traced step or not at all: every bank was filled
+        (`initialize_bank`), and the data come in whole batches of the
+        banks' batch size (a `tf.data.Dataset` batched with
+        `drop_remainder=True`, or an array whose length is a multiple of
+        `batch_size`).
+
+        Raises:
+            ValueError: naming what to do.
+        """
+        self.check_banks_filled()
+        self.check_batches(x, batch_size)
+        # A dataset comes shuffled or not as its maker chose (Keras would
+        # warn that it ignores shuffle=True).
+        kwargs.setdefault("shuffle", not isinstance(x, tf.data.Dataset))
+        return super().fit(x, y, batch_size=batch_size, **kwargs)
+
+    def check_banks_filled(self):
+        """A `ValueError` when a bank is all zeros (never filled)."""
+        for name, bank in self.banks.items():
+            if not bool(tf.reduce_any(tf.not_equal(bank.states, 0.0))):
+                data = " with the data, e.g. model.initialize_bank(x_train)"
+                raise ValueError(
+                    f"the {name} holds no states yet (all zeros): call "
+                    f"model.initialize_bank()"
+                    f"{data if self.init_source == 'data' else ''} before fit"
+                )
+
+    def check_batches(self, x, batch_size=None):
+        """A `ValueError` for data whose batches are partial or of another
+        size than the banks draw."""
+        bank_batch = None if self.bank is None else self.bank.batch_size
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            spec = spec["x"] if isinstance(spec, dict) else spec
+            spec = spec[0] if isinstance(spec, tuple) else spec
+            size = spec.shape[0] if spec.shape.rank else None
+            if size is None:
+                raise ValueError(
+                    "the dataset's batch size is not fixed (a last, partial "
+                    "batch): batch it with "
+                    "dataset.batch(batch_size, drop_remainder=True)"
+                )
+        elif hasattr(x, "shape") and not isinstance(x, dict):
+            size = batch_size or 32  # Keras' default
+            if x.shape[0] % size:
+                raise ValueError(
+                    f"{x.shape[0]} examples do not split into batches of "
+                    f"{size}; drop the last {x.shape[0] % size} or pass a "
+                    "tf.data.Dataset batched with drop_remainder=True"
+                )
+        else:
+            return
+        if bank_batch is not None and size != bank_batch:
+            raise ValueError(
+                f"batches of {size} but the bank draws {bank_batch} states "
+                f"per step: batch the data by {bank_batch} or build the "
+                f"SampleBank with batch_size={size}"
+            )
 
     # === Initialization sources ===
 
@@ -381,8 +446,9 @@ class EnergyModel(keras.Model):
         """Langevin from `x` under the model's potential (compiled, cached).
 
         Args:
-            x: initial states `[B, ...]`.
-            num_steps: K; defaults to the training K.
+            x: initial states `[B, *state_shape]`, float32 (images: NHWC
+                in [-1, 1]).
+            num_steps: K >= 0; defaults to the training K.
             seed: stateless seed `[2]`; defaults to the model seed.
             step_size, temperature: override the training eps and T
                 (evaluation configs may differ).
@@ -415,9 +481,16 @@ class EnergyModel(keras.Model):
                 run, jit_compile=bool(jit), reduce_retracing=True
             )
         num_steps = self.num_steps if num_steps is None else num_steps
+        if isinstance(num_steps, int) and num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         seed = tf.constant([self.seed, 2] if seed is None else seed)
         num_steps = tf.constant(num_steps, tf.int32)
-        x = ops.convert_to_tensor(x)
+        x = ops.convert_to_tensor(x, "float32")
+        if tuple(x.shape[1:]) != self.state_shape:
+            raise ValueError(
+                f"sample expects states of shape [B, "
+                f"{', '.join(map(str, self.state_shape))}], got {list(x.shape)}"
+            )
         strategy = self.distribute_strategy
         replicas = strategy.num_replicas_in_sync
         if spread and replicas > 1 and x.shape[0] % replicas == 0:
@@ -472,6 +545,40 @@ class EnergyModel(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def state_shape_of(net):
+    """The shape of one state: `net.image_shape`, else its input shape."""
+    shape = getattr(net, "image_shape", None)
+    if shape is None:
+        try:
+            shape = net.input_shape[1:]
+        except (AttributeError, ValueError):
+            shape = None
+    if shape is None or any(d is None for d in shape):
+        raise ValueError(
+            "the energy network needs a fixed input shape: build it with "
+            "keras.Input(shape) (e.g. keras.Sequential([keras.Input((2,)), "
+            "...])) or give it an `image_shape` attribute"
+        )
+    return tuple(shape)
+
+
+class _Untracked:
+    """A cache that Keras and TensorFlow do not track (neither a dict nor a
+    list, which they wrap, nor a `Trackable`)."""
+
+    def __init__(self):
+        self._items = {}
+
+    def __contains__(self, key):
+        return key in self._items
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+    def __setitem__(self, key, value):
+        self._items[key] = value
 
 
 def _all_finite(tensors):
