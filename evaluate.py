@@ -24,17 +24,20 @@ from keras_ebm import cli, run  # noqa: E402
 flags.DEFINE_bool("export", False, "write a SavedModel to <workdir>/export instead")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config, workdir = cli.resolved()
-    with cli.one_line_errors(run.data.DatasetNotFoundError):
-        if flags.FLAGS.export:
-            run.export(config, workdir)
-            return
-        run.evaluate(config, workdir)
-    print(f"Results in {os.path.join(workdir, 'eval')}")
+def evaluate(config, workdir):
+    if flags.FLAGS.export:
+        run.export(config, workdir)
+        return
+    run.evaluate(config, workdir)
+    out = os.path.join(workdir, "eval")
+    if os.path.isdir(out):
+        print(f"Results in {out}")
 
+
+# --help lists the shared flags (--regime, --dataset, --workdir, --config,
+# --list_fields) as this script's own.
+flags.adopt_module_key_flags(cli)
+main = cli.command(evaluate)
 
 if __name__ == "__main__":
     app.run(main, flags_parser=cli.parse_flags)

@@ -6,6 +6,7 @@
     python train.py --regime=longrun --dataset=celeb_a   # density modeling
     python train.py --config.langevin.num_steps=60       # any field
     python train.py --workdir=runs/mine                  # output folder
+    python train.py --regime=longrun --list_fields       # every field, datasets
 
 Re-running the same command resumes from the newest checkpoint.
 """
@@ -16,23 +17,24 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # see BUILD_NOTES: TF logging
 
-from absl import app  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from keras_ebm import cli, run  # noqa: E402
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def train(config, workdir):
     logging.getLogger("keras_ebm").setLevel(logging.INFO)
-    config, workdir = cli.resolved()
-    with cli.one_line_errors(run.data.DatasetNotFoundError):
-        run.train(config, workdir)
-    grids = sorted(glob.glob(os.path.join(workdir, "samples", "negatives_*.png")))
+    run.train(config, workdir)
+    grids = sorted(glob.glob(os.path.join(workdir, "samples", "*.png")))
     print(f"Done. Outputs in {workdir} (tensorboard --logdir {workdir})")
     if grids:
-        print(f"Latest samples: {grids[-1]}")
+        print(f"Latest samples: {max(grids, key=os.path.getmtime)}")
 
+
+# --help lists the shared flags (--regime, --dataset, --workdir, --config,
+# --list_fields) as this script's own.
+flags.adopt_module_key_flags(cli)
+main = cli.command(train)
 
 if __name__ == "__main__":
     app.run(main, flags_parser=cli.parse_flags)

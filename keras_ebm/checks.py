@@ -25,6 +25,12 @@ def check_config(config):
         "data.name",
         f"unknown dataset {config.data.name!r}; known: {', '.join(data.NAMES)}",
     )
+    require(
+        config.data.name != "toy2d" or config.data.toy in data.TOY_DENSITIES,
+        "data.toy",
+        f"unknown toy density {config.data.toy!r}; use "
+        f"{' or '.join(data.TOY_DENSITIES)}",
+    )
     require(config.data.image_size > 0, "data.image_size", "must be positive")
     require(config.data.noise_std >= 0, "data.noise_std", "must be >= 0")
     planned = networks.PLANNED.get(config.model.ebm)
@@ -125,6 +131,16 @@ def check_config(config):
     )
     for field in ("ebm_lr", "gen_lr"):
         steps, rates = config.optim[field].steps, config.optim[field].rates
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            for v in tuple(steps) + tuple(rates)
+        )
+        require(
+            numbers and isinstance(steps, (tuple, list)),
+            f"optim.{field}",
+            f"steps and rates must be tuples of numbers, e.g. "
+            f"--config.optim.{field}.rates='(1e-4,)'; got {steps!r} and {rates!r}",
+        )
         require(
             len(steps) == len(rates) > 0 and steps[0] == 0,
             f"optim.{field}",

@@ -12,14 +12,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm.errors import ConfigError, DatasetNotFoundError  # noqa: F401
+
+TOY_DENSITIES = ("gmm", "rings")
 TFDS_DATASETS = {"cifar10": 32, "celeb_a": 64, "imagenet2012": 128}
 OFFLINE_DATASETS = ("digits", "toy2d")
 NAMES = tuple(TFDS_DATASETS) + OFFLINE_DATASETS + ("folder",)
 SHUFFLE_BUFFER = 2500  # the reference's
-
-
-class DatasetNotFoundError(RuntimeError):
-    """A dataset is not on disk; the message says how to get it."""
 
 
 # === Offline datasets ===
@@ -213,6 +212,17 @@ def folder_images(path, image_size, channels=3):
         raise DatasetNotFoundError(
             f"image folder {path!r} does not exist; set --config.data.path"
         )
+    formats = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+    found = any(
+        name.lower().endswith(formats)
+        for _, _, names in os.walk(path)
+        for name in names
+    )
+    if not found:
+        raise DatasetNotFoundError(
+            f"no images in folder {path!r} or its subfolders (looked for "
+            f"{', '.join(formats)}); set --config.data.path to a folder of images"
+        )
     ds = keras.utils.image_dataset_from_directory(
         path,
         labels=None,
@@ -220,6 +230,7 @@ def folder_images(path, image_size, channels=3):
         image_size=(image_size, image_size),
         batch_size=None,
         shuffle=False,
+        verbose=False,
     )
     return ds.map(to_unit_range)
 

@@ -6,6 +6,10 @@ class ConfigError(ValueError):
     the message names the field and says what to do."""
 
 
+class DatasetNotFoundError(RuntimeError):
+    """A dataset is not on disk; the message says how to get it."""
+
+
 class WriteError(RuntimeError):
     """A file could not be written (disk full, quota, I/O error); the
     message names the file, the cause and what is still intact."""

@@ -1,7 +1,8 @@
 """SavedModel export: plain TensorFlow can load and use a trained EBM.
 
 Endpoints (float32 NHWC images in [-1, 1], dynamic batch; every sampling
-endpoint takes an optional scalar int32 `num_steps`):
+endpoint takes an optional scalar int32 `num_steps`, whose default -1
+stands for the endpoint's default below):
 
 - `energy(x) -> [B]`: the potential `U(x)` of the regime (E/T plus any
   prior and Gaussian terms), what Langevin descends;
@@ -73,26 +74,26 @@ def write_out(archive, path):
 
 
 NUM_STEPS = tf.TensorSpec([], tf.int32, name="num_steps")
+DEFAULT_STEPS = -1  # what an omitted `num_steps` is: the endpoint's default
 
 
 def add_endpoint(archive, name, fn, *specs):
-    """Adds `fn(*specs, num_steps=None)` as endpoint `name`, callable with
-    and without its last argument (one concrete function each)."""
-    function = tf.function(fn)
-    function.get_concrete_function(*specs)
-    function.get_concrete_function(*specs, NUM_STEPS)
-    archive.add_endpoint(name, function)
+    """Adds `fn(*specs, num_steps=-1)` as endpoint `name`: one concrete
+    function whose last argument may be omitted (the SavedModel keeps the
+    Python default)."""
+    archive.add_endpoint(name, tf.function(fn), input_signature=[*specs, NUM_STEPS])
 
 
 def steps_or(num_steps, default):
-    """`num_steps` (checked >= 0) or the endpoint's default."""
-    if num_steps is None:
-        return default
-    check = tf.debugging.assert_non_negative(
-        num_steps, message="num_steps must be >= 0"
+    """`num_steps`, or the endpoint's `default` for -1 (omitted); other
+    negative values fail."""
+    check = tf.debugging.assert_greater_equal(
+        num_steps,
+        DEFAULT_STEPS,
+        message="num_steps must be >= 0 (or -1, the endpoint's default)",
     )
     with tf.control_dependencies([check]):
-        return tf.identity(num_steps)
+        return tf.where(num_steps == DEFAULT_STEPS, default, num_steps)
 
 
 def export(
@@ -136,11 +137,11 @@ def export(
     def energy(x):
         return model.potential(checked(x, shape, "energy"))
 
-    def sample(x, num_steps=None):
+    def sample(x, num_steps=DEFAULT_STEPS):
         x = checked(x, shape, "sample")
         return run(x, steps_or(num_steps, model.num_steps))
 
-    def purify(x, num_steps=None):
+    def purify(x, num_steps=DEFAULT_STEPS):
         return run(
             checked(x, shape, "purify"),
             steps_or(num_steps, purify_steps),
@@ -153,7 +154,7 @@ def export(
     add_endpoint(archive, "purify", purify, any_rank)
     if model.generator is not None:
 
-        def generate(n, num_steps=None):
+        def generate(n, num_steps=DEFAULT_STEPS):
             tf.debugging.assert_positive(n, message="generate expects n >= 1")
             z = tf.random.normal((n, model.generator.latent_dim))
             x = model.generate(z, training=False)

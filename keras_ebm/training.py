@@ -158,16 +158,39 @@ def load_generator(generator, path):
 # === Training ===
 
 
-# Fields that do not change what a run computes: its length, and where it
-# runs (a mirrored or multi-worker step is the one-device step).
-RUN_INDEPENDENT_TRAIN_FIELDS = ("num_steps", "strategy")
+# Fields that do not change what a run computes: its length, where it runs
+# (a mirrored or multi-worker step is the one-device step), and how often it
+# logs, draws grids and checkpoints (batch t of the stream and the draws of
+# step t are functions of t alone, whatever the epochs).
+RUN_INDEPENDENT_TRAIN_FIELDS = (
+    "num_steps",
+    "strategy",
+    "log_every",
+    "image_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
+
+
+def check_is_folder(workdir):
+    """A `ConfigError` when `workdir` (or a parent) is a file."""
+    path = os.path.abspath(workdir)
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    if path and not os.path.isdir(path):
+        raise ConfigError(
+            f"--workdir={workdir}: {path} is a file, not a folder; choose another "
+            "--workdir"
+        )
 
 
 def check_workdir(config, workdir):
     """Refuses to mix runs: a workdir's config may differ only in length,
-    in the devices it runs on (`RUN_INDEPENDENT_TRAIN_FIELDS`), in how it
+    in the devices it runs on, in how often it logs and checkpoints
+    (`RUN_INDEPENDENT_TRAIN_FIELDS`), in how it
     is evaluated (`EVALUATION_SECTIONS`) and in how it is guarded (`guard`:
     a halted run may resume with `guard.action=rollback`)."""
+    check_is_folder(workdir)
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import shortrun
 from keras_ebm import run
+from keras_ebm.configs import shortrun
 from tests.standalone import run_without_keras_ebm
 
 # Whole runs, subprocesses and exports: seconds each.

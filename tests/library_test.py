@@ -171,7 +171,7 @@ def test_export_after_sampling_with_every_sampling_default(walk_model, tmp_path)
     assert near(steps_taken(0.0, r.generate(10000), 0.05), 5)
     assert near(steps_taken(0.0, r.generate(10000, num_steps=9), 0.05), 9)
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_steps must be >= 0"):
-        r.sample(x0, -1)
+        r.sample(x0, -2)
 
 
 def test_defended_export_takes_num_steps(walk_model, tmp_path):

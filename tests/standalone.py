@@ -1,5 +1,6 @@
-"""Runs a script in a fresh Python where keras_ebm cannot be imported, as a
-user who only has TensorFlow and an exported SavedModel would."""
+"""Runs a script in a fresh Python where keras_ebm cannot be imported (it
+is blocked), as a user who only has TensorFlow and an exported SavedModel
+would."""
 
 import json
 import os
@@ -9,6 +10,9 @@ import textwrap
 
 PRELUDE = """
 import json, sys
+# keras_ebm is installed in the venv (make installs it): block it, so that
+# nothing below can use it, even indirectly.
+sys.modules["keras_ebm"] = None
 import numpy as np
 import tensorflow as tf
 try:

@@ -121,11 +121,11 @@ def export_defended(defended, path):
         x = export_lib.checked(x, shape, "classify")
         return defended.classifier(x, training=False)
 
-    def purify(x, num_steps=None):
+    def purify(x, num_steps=export_lib.DEFAULT_STEPS):
         x = export_lib.checked(x, shape, "purify")
         return defended.purify(x, seed(), steps(num_steps))
 
-    def predict(x, num_replicates, num_steps=None):
+    def predict(x, num_replicates, num_steps=export_lib.DEFAULT_STEPS):
         x = export_lib.checked(x, shape, "predict")
         tf.debugging.assert_positive(num_replicates, message="num_replicates >= 1")
         return defended.logits(x, num_replicates, seed(), steps(num_steps))

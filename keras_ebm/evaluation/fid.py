@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import files, interrupt
+from keras_ebm.errors import ConfigError
 from keras_ebm.evaluation import metrics
 
 INCEPTION_URL = (
@@ -158,6 +159,7 @@ def inception_keras(weights="imagenet"):
 def backbone(config):
     """The `Backbone` named by `config.eval.backbone`."""
     ev = config.eval
+    check_backbone(config)
     if ev.backbone == "digits":
         from keras_ebm import classify
         from keras_ebm.configs import classifier as clf_configs
@@ -182,7 +184,44 @@ def backbone(config):
         weights = ev.inception_weights
         fingerprint = files.sha256(weights) if os.path.isfile(weights) else str(weights)
         return Backbone("inception_keras", inception_keras(weights), 50, fingerprint)
-    raise ValueError(f"unknown FID backbone {ev.backbone!r}")
+    raise ConfigError(f"config.eval.backbone: unknown FID backbone {ev.backbone!r}")
+
+
+BACKBONES = ("digits", "inception_ttur", "inception_keras")
+_INCEPTION_KERAS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def check_backbone(config):
+    """A `ConfigError` for a backbone that cannot measure this run: an
+    unknown name, grayscale digits features for color images, Inception
+    weights that are neither on disk nor allowed to download."""
+    ev, d = config.eval, config.data
+    others = (
+        "--config.eval.backbone=inception_ttur with "
+        "--config.eval.inception_graph=<classify_image_graph_def.pb> (or "
+        "--config.eval.download=True), or inception_keras"
+    )
+    if ev.backbone not in BACKBONES:
+        raise ConfigError(
+            f"config.eval.backbone: unknown FID backbone {ev.backbone!r}; use "
+            f"{', '.join(BACKBONES)}"
+        )
+    if ev.backbone == "digits" and d.channels != 1:
+        raise ConfigError(
+            f"config.eval.backbone: the digits backbone measures grayscale "
+            f"digits; this run's images are {d.image_size}x{d.image_size}x"
+            f"{d.channels} ({d.name}): use {others}"
+        )
+    if ev.backbone == "inception_keras" and ev.inception_weights == "imagenet":
+        home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
+        cached = os.path.join(home, "models", _INCEPTION_KERAS_FILE)
+        if not ev.download and not os.path.isfile(cached):
+            raise ConfigError(
+                f"config.eval.backbone: inception_keras needs the ImageNet "
+                f"weights of InceptionV3, not in {cached}: pass "
+                "--config.eval.download=True on a machine with network, or "
+                "--config.eval.inception_weights=<.h5 file>"
+            )
 
 
 # === Statistics ===

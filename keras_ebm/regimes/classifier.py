@@ -1,7 +1,9 @@
 """The classifiers that give digits-FID features and that midrun defends:
 plain Keras `fit` on labeled data (`keras_ebm.classify`)."""
 
-from keras_ebm import classify, data, training
+import os
+
+from keras_ebm import classify, data, files, training
 
 
 def check(config):
@@ -19,12 +21,14 @@ def train(config, workdir):
 
 
 def evaluate(config, workdir):
-    """Test accuracy of the trained classifier (`results.json`)."""
+    """Test accuracy of the trained classifier (`eval/results.json`)."""
     model = classify.load(config, workdir)
     images, labels = data.labeled(config, "test")
     accuracy = classify.accuracy(model, images, labels)
     print(f"test accuracy {accuracy:.4f} on {len(labels)} images")
-    return {"test_accuracy": accuracy, "test_size": len(labels)}
+    results = {"test_accuracy": float(accuracy), "test_size": len(labels)}
+    files.write_json(os.path.join(workdir, "eval", "results.json"), results)
+    return results
 
 
 def export(config, workdir):

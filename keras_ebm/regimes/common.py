@@ -6,7 +6,7 @@ import shutil
 import tempfile
 
 from keras_ebm import distribute, training
-from keras_ebm.evaluation import chains
+from keras_ebm.evaluation import chains, fid
 
 
 def entry_points(check, build):
@@ -22,6 +22,8 @@ def entry_points(check, build):
 
     def evaluate(config, workdir):
         training.check_config(config)
+        if config.data.name != "toy2d":  # before loading anything
+            fid.check_backbone(config)
         training.require(
             config.train.strategy != "tpu",
             "train.strategy",
