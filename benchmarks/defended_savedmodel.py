@@ -22,14 +22,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from keras_ebm import cli, run  # noqa: E402
-from keras_ebm.defense import attack, report  # noqa: E402
+from keras_ebm.defense import attack, purify, report  # noqa: E402
 from tests.standalone import run_without_keras_ebm  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 32, "images per predict call")
 
 
 def main(argv):
-    config, workdir = cli.resolved()
+    with cli.one_line_errors():
+        check(*cli.resolved())
+
+
+def check(config, workdir):
     config = run.run_config(config, workdir)
     path = os.path.join(workdir, "export_defended")
     if not os.path.exists(path):
@@ -37,6 +41,8 @@ def main(argv):
     report_dir = os.path.join(workdir, "eval", "attack", config.attack.report_name)
     with open(os.path.join(report_dir, "results.json")) as f:
         reported = json.load(f)
+    # Only an export of the report's settings can agree with its figures.
+    purify.matching_settings(path, reported)
     images, labels = report.test_set(config)
     h = config.attack.def_replicates
     with tempfile.TemporaryDirectory() as tmp:

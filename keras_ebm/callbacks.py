@@ -135,8 +135,7 @@ class Summaries(keras.callbacks.Callback):
 
     Scalars: every train-step metric (loss, energy_gap, drift_norm, bank_age,
     gen_loss, ...), both learning rates and the wall time per step. Images:
-    `negatives` (generator or noise init + K Langevin steps, what training
-    sees), `bank` (persistent states) and `generator` (raw `gen(z)`).
+    the grids of `snapshot` (banks, raw init, init + K steps).
     """
 
     def __init__(self, workdir, image_every, last_step, num_images=64, writer=None):
@@ -186,17 +185,28 @@ class Summaries(keras.callbacks.Callback):
 
 
 def snapshot(model, num):
-    """What to look at: `{kind: states}` from the model's current state."""
+    """What to look at: `{kind: states}` from the model's current state.
+
+    Each persistent bank as it is (`bank`; longrun: `update_bank`, the
+    states that alone train the model, and `burnin_bank`), the raw init
+    (`generator`), and the init after K Langevin steps under the current
+    model: `negatives` where that is what training sees (shortrun, midrun),
+    `<init>_plus_<K>_steps` for longrun, whose training states come from
+    the update bank instead.
+    """
     seed = tf.constant([model.seed, 3])
+    longrun = getattr(model, "burnin_bank", None) is not None
     out = {}
-    if model.bank is not None:
-        out["bank"] = model.bank.states[:num].numpy()
+    for name, bank in model.banks.items():
+        kind = "update_bank" if longrun and name == "bank" else name
+        out[kind] = bank.states[:num].numpy()
     x_init = model.chain_starts(num, seed)
     if x_init is None:
         return out
     if model.init_source == "generator":
         out["generator"] = x_init.numpy()
-    out["negatives"] = model.sample(x_init)[0].numpy()
+    chains = f"{model.init_source}_plus_{model.num_steps}_steps"
+    out[chains if longrun else "negatives"] = model.sample(x_init)[0].numpy()
     return out
 
 

@@ -188,6 +188,14 @@ def test_defended_export_takes_num_steps(walk_model, tmp_path):
     assert near(steps_taken(x0, r.predict(x0, 1, num_steps=2), 0.1), 2)
     # H replicates average: variance K eps^2 / H.
     assert near(4 * steps_taken(x0, r.predict(x0, 4, num_steps=8), 0.1), 8)
+    # A report is compared only with an export of its own settings.
+    from keras_ebm.defense import purify
+
+    reported = dict(defended.settings(), robust_accuracy=0.5)
+    assert purify.matching_settings(path, reported)["k_def"] == 4
+    for field, value in [("k_def", 20), ("purify_step_size", 0.2), ("defended", "x")]:
+        with pytest.raises(keras_ebm.ConfigError, match=f"differ in {field}"):
+            purify.matching_settings(path, dict(reported, **{field: value}))
 
 
 def banked_model(init_source="noise", batch=4):

@@ -194,3 +194,15 @@ def test_export_energy_is_the_full_potential(tmp_path):
         model.prior_energy(x), tf.reshape(trained_prior(x), (-1,)), rtol=1e-6
     )
     assert not model.prior_net.trainable
+
+
+def test_grids_name_the_banks_and_the_chains_for_what_they_are():
+    # The update bank (around +100) trains the model, the burn-in bank
+    # (around -100) feeds it; the init + K steps grid is neither.
+    from keras_ebm.callbacks import snapshot
+
+    model = build(num_steps=2, burnin_steps=1)
+    grids = snapshot(model, 4)
+    assert set(grids) == {"update_bank", "burnin_bank", "noise_plus_2_steps"}
+    assert np.all(grids["update_bank"] > 90) and np.all(grids["burnin_bank"] < -90)
+    assert np.all(np.abs(grids["noise_plus_2_steps"]) < 10)

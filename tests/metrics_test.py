@@ -74,3 +74,19 @@ def test_bad_shapes():
         metrics.fid_from_activations(np.zeros((1, 3)), np.zeros((5, 3)))
     with pytest.raises(ValueError, match="different shapes"):
         metrics.fid_from_activations(np.ones((5, 3)), np.ones((5, 4)))
+
+
+def test_singular_covariances_give_a_finite_fid_without_warnings():
+    # Features that never fire (dead ReLU units of a small classifier): zero
+    # rows of both covariances, a singular product, which scipy warns about.
+    # The FID is that of the live features, and nothing is printed.
+    import warnings
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(100, 8)), rng.normal(1.0, 1.0, size=(100, 8))
+    live = metrics.fid_from_activations(a[:, 3:], b[:, 3:])
+    a[:, :3] = b[:, :3] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = metrics.fid_from_activations(a, b)
+    assert value == pytest.approx(live, rel=1e-4)

@@ -31,7 +31,7 @@ def smoke_runs(tmp_path_factory):
 @pytest.mark.slow
 def test_evaluate_runs_the_attacks_and_writes_the_report(smoke_runs):
     from keras_ebm import classify
-    from keras_ebm.defense import report
+    from keras_ebm.defense import outputs, report
 
     root, c = smoke_runs
     c = c.copy_and_resolve_references()
@@ -72,6 +72,8 @@ def test_evaluate_runs_the_attacks_and_writes_the_report(smoke_runs):
     assert len(folders) == 2 + 2 + 1 + 2  # seeds; full gradient; K_def 1
     for name in ("accuracy_over_steps.png", "k_def_curve.png", "k_def_curve.csv"):
         assert (out / name).stat().st_size > 0
+    board = root / "mid" / "tensorboard" / outputs.tensorboard_run(c)
+    assert list(board.glob("events.out.tfevents.*"))  # the report's own run
     w = results["worst_case"]
     assert w["robust_accuracy"] <= saved["attacks"]["full_gradient"]["robust_accuracy"]
     assert set(results["disjoint"]) == {"bpda_eot", "full_gradient", "worst_case"}

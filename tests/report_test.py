@@ -211,3 +211,41 @@ def test_disjoint_compares_every_seed_s_interval():
     assert report.disjoint_from_undefended(attacks, worst) == dict(
         bpda_eot=False, full_gradient=True, worst_case=False
     )
+
+
+def test_reports_of_other_names_or_classifiers_are_separate_runs(tmp_path):
+    # The same tags at the same checkpoint step: only separate TensorBoard
+    # runs keep them apart.
+    import tensorflow as tf
+
+    from keras_ebm.defense import outputs
+
+    runs = set()
+    for name, clf in [
+        ("", "runs/classifier/digits"),
+        ("k100", "runs/classifier/digits"),
+        ("", "runs/classifier/other"),
+        ("", "/abs/clf.savedmodel"),
+    ]:
+        c = config()
+        c.attack.report_name = name
+        c.defense.classifier_workdir = clf
+        runs.add(outputs.tensorboard_run(c))
+    assert len(runs) == 4
+    attacks = {
+        "bpda_eot": dict(
+            natural_accuracy=0.9, robust_accuracy=0.5, robust_std=0.0, curve=[0.9, 0.5]
+        )
+    }
+    for i, run in enumerate(sorted(runs)):
+        attacks["bpda_eot"]["robust_accuracy"] = i / 10
+        outputs.write_tensorboard(str(tmp_path), 7, attacks, [], run)
+    seen = {}
+    for run in runs:
+        folder = tmp_path / "tensorboard" / run
+        (event_file,) = folder.glob("events.out.tfevents.*")
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for v in event.summary.value:
+                if v.tag == "attack/bpda_eot/robust_accuracy":
+                    seen[run] = float(tf.make_ndarray(v.tensor))
+    assert sorted(seen.values()) == pytest.approx([0.0, 0.1, 0.2, 0.3])

@@ -2,6 +2,7 @@
 K_def curves as CSV and PNG, TensorBoard scalars, and the printed table."""
 
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -92,8 +93,19 @@ def write_curve(out, curve, a):
     plt.close(fig)
 
 
-def write_tensorboard(workdir, step, attacks, curve):
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", "eval"))
+def tensorboard_run(config):
+    """The TensorBoard run of a report: `eval/attack/<report>/<classifier>`,
+    so that reports of other names or classifiers, which write the same tags
+    at the same checkpoint step, show as separate (overlaid) runs."""
+    report = config.attack.get("report_name", "") or "report"
+    classifier = config.defense.get("classifier_workdir", "") or "classifier"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.normpath(classifier)).strip("_")
+    return os.path.join("eval", "attack", report, slug)
+
+
+def write_tensorboard(workdir, step, attacks, curve, run="eval"):
+    """Scalars of one report under `<workdir>/tensorboard/<run>`."""
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", run))
     with writer.as_default(step=step):
         for name, r in attacks.items():
             tf.summary.scalar(f"attack/{name}/natural_accuracy", r["natural_accuracy"])

@@ -13,12 +13,15 @@ for any Keras classifier `f` that maps float32 `[B, H, W, C]` images in
 
 import hashlib
 import json
+import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_ebm import export as export_lib
+from keras_ebm import files
+from keras_ebm.errors import ConfigError
 from keras_ebm.sampling import langevin
 
 
@@ -59,6 +62,15 @@ class DefendedClassifier:
             first_step=first_step,
         )
         return x
+
+    def settings(self):
+        """What the defended classifier computes with, as JSON values."""
+        return dict(
+            k_def=int(self.num_steps),
+            purify_step_size=float(self.step_size),
+            purify_temperature=float(self.temperature),
+            defended=self.digest(),
+        )
 
     def digest(self):
         """A short hash of everything the defended classifier computes with:
@@ -134,4 +146,42 @@ def export_defended(defended, path):
     export_lib.add_endpoint(archive, "purify", purify, any_rank)
     replicates = tf.TensorSpec([], tf.int32, name="num_replicates")
     export_lib.add_endpoint(archive, "predict", predict, any_rank, replicates)
-    return export_lib.write_out(archive, path)
+    export_lib.write_out(archive, path)
+    # What it computes, beside the SavedModel (its `assets.extra` holds
+    # files TF does not read): a figure measured on the export is compared
+    # only with a report made at the same settings (`matching_settings`).
+    files.write_json(
+        os.path.join(path, "assets.extra", SETTINGS_FILE), defended.settings()
+    )
+    return path
+
+
+SETTINGS_FILE = "defense.json"
+# Settings a report and an export must share for their figures to agree.
+COMPARED = ("k_def", "purify_step_size", "purify_temperature", "defended")
+
+
+def matching_settings(export_path, reported):
+    """A `ConfigError` unless the export at `export_path` computes what the
+    report `reported` (its results dict) measured: same K_def, step size,
+    temperature and networks (`DefendedClassifier.digest`)."""
+    path = os.path.join(export_path, "assets.extra", SETTINGS_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"{export_path} records no defense settings (an older export): "
+            "write it again with `python evaluate.py --export`"
+        )
+    with open(path) as f:
+        exported = json.load(f)
+    differ = [
+        f"{k} {exported.get(k)} (export) vs {reported.get(k)} (report)"
+        for k in COMPARED
+        if exported.get(k) != reported.get(k)
+    ]
+    if differ:
+        raise ConfigError(
+            f"the export in {export_path} and the report differ in "
+            f"{'; '.join(differ)}: export again with the report's settings "
+            "(e.g. --config.defense.num_steps) or rerun the report"
+        )
+    return exported

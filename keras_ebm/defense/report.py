@@ -7,7 +7,8 @@ curves (paper Figure 6).
 Outputs (written by `keras_ebm.defense.outputs`) in
 `<workdir>/eval/attack/<report_name>/`: `results.json`,
 `accuracy_over_steps` and `k_def_curve` as CSV and PNG, and TensorBoard
-scalars in `<workdir>/tensorboard/eval`; one resumable folder per attack
+scalars in the run `<workdir>/tensorboard/eval/attack/<report_name>/
+<classifier>` (`outputs.tensorboard_run`); one resumable folder per attack
 and seed in `<workdir>/eval/attack/`.
 """
 
@@ -245,9 +246,7 @@ def report(config, workdir, model, classifier, step, images, labels, shard=None)
     attacks = {k: aggregate(r) for k, r in runs.items()}
     results = dict(
         checkpoint_step=step,
-        k_def=k_def,
-        purify_step_size=float(defended.step_size),
-        purify_temperature=float(defended.temperature),
+        **defended.settings(),  # k_def, step size, T, networks' digest
         eps=a.eps,
         eps_in_255=a.eps * 255,
         radius=2 * a.eps,
@@ -270,7 +269,9 @@ def report(config, workdir, model, classifier, step, images, labels, shard=None)
     outputs.write_steps(report_dir, attacks)
     if curve:
         outputs.write_curve(report_dir, curve, a)
-    outputs.write_tensorboard(workdir, step, attacks, curve)
+    outputs.write_tensorboard(
+        workdir, step, attacks, curve, outputs.tensorboard_run(config)
+    )
     outputs.print_results(results)
     return results
 
