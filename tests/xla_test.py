@@ -29,9 +29,11 @@ def _one_xla_step(regime, precision):
     "regime, precision",
     # prior's step is midrun's with another config (frozen generator, bank)
     [(r, "float32") for r in ("shortrun", "midrun", "longrun")]
-    # bfloat16 on the two steps that train or pass through every network
-    # kind (EBM, trained generator; prior-free longrun with its banks).
-    + [("shortrun", "bfloat16"), ("longrun", "bfloat16")],
+    # bfloat16 on the step that trains every network kind (EBM, trained
+    # generator); longrun's bank ops are float32 whatever the precision, and
+    # its float32 step compiles above (CI time: a bfloat16 longrun step took
+    # 23 s to compile here).
+    + [("shortrun", "bfloat16")],
 )
 def test_train_step_compiles_with_xla(regime, precision):
     model, history = _one_xla_step(regime, precision)
