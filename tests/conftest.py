@@ -40,6 +40,8 @@ LONGEST_FIRST = (
     "checkpoints_test.py",
     "guard_test.py",
     "fid_test.py",
+    "errors_test.py",
+    "library_test.py",
     "signals_test.py",
 )
 
