@@ -227,9 +227,11 @@ def resolved():
 
 
 def default_workdir(config, dataset=None):
-    """`runs/<regime>/<dataset>`; toy2d adds its density
-    (`runs/shortrun/toy2d_rings`), so each density has its own run."""
-    dataset = dataset or config.data.name
+    """`runs/<regime>/<dataset>`, the dataset being `--dataset` or the
+    config's preset (`--config=configs/shortrun.py:smoke` runs in
+    runs/shortrun/smoke, not in the digits demo's folder); toy2d adds its
+    density (`runs/shortrun/toy2d_rings`), so each density has its own run."""
+    dataset = dataset or config.get("preset") or config.data.name
     if config.data.name == "toy2d":
         dataset = f"{dataset}_{config.data.toy}"
     return os.path.join("runs", config.regime, dataset)

@@ -69,6 +69,19 @@ class ConfigsTest(parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "unknown dataset"):
             shortrun.get_config("mnist")
 
+    def test_default_workdirs_keep_toy_densities_apart(self):
+        config = shortrun.get_config("toy2d")
+        self.assertEqual(cli.default_workdir(config), "runs/shortrun/toy2d_gmm")
+        config.data.toy = "rings"
+        self.assertEqual(cli.default_workdir(config), "runs/shortrun/toy2d_rings")
+        self.assertEqual(
+            cli.default_workdir(shortrun.get_config("digits")), "runs/shortrun/digits"
+        )
+        # The preset names the folder, not the data it reads (smoke: digits).
+        self.assertEqual(
+            cli.default_workdir(shortrun.get_config("smoke")), "runs/shortrun/smoke"
+        )
+
     def test_flags_resolve_to_config_files(self):
         argv = cli.resolve_argv(["train.py", "--regime=shortrun", "--dataset=cifar10"])
         self.assertIn(f"--config={cli.CONFIGS}/shortrun.py:cifar10", argv)

@@ -162,12 +162,19 @@ def assert_same_checkpoints(path_a, path_b):
     return len(a)
 
 
+# SIGKILLs per kill test: 6 in CI (every restart is a TensorFlow start-up;
+# ten per regime took 4 minutes of CI). Issue 15 measured ten in a row
+# (BUILD_NOTES); `KILL_CYCLES=10 make test` runs that again.
+KILL_CYCLES = int(os.environ.get("KILL_CYCLES", "6"))
+
+
 def kill_test(tmp_path, regime, seed):
-    """Ten SIGKILLs (`kill_cycles`), then the finished run's checkpoint
-    equals an uninterrupted run's, every array bit for bit."""
-    workdir, kills = kill_cycles(tmp_path, regime, cycles=10, seed=seed)
+    """`KILL_CYCLES` SIGKILLs in a row (`kill_cycles`), then the finished
+    run's checkpoint equals an uninterrupted run's, every array bit for
+    bit."""
+    workdir, kills = kill_cycles(tmp_path, regime, cycles=KILL_CYCLES, seed=seed)
     print("(cycle, checkpoint after the kill, seconds, in a write):", kills)
-    assert len(kills) == 11
+    assert len(kills) == KILL_CYCLES + 1
     straight = str(tmp_path / "straight")
     code, output = run(
         "train.py", train_flags(regime, straight, 32), tmp_path / "straight.log"

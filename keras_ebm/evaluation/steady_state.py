@@ -89,8 +89,10 @@ def toy2d_steady_state(config, workdir, model, step):
     model_p = grid_density(model, points, ev)
     n = ev.num_samples
 
-    sampler = callbacks.snapshot(model, n)
-    sampler = sampler.get("bank", sampler.get("negatives"))[:n]
+    # The states that train the model: the (update) bank, else the chains.
+    grids = callbacks.snapshot(model, n)
+    kind = next(k for k in ("update_bank", "bank", "negatives") if k in grids)
+    sampler = grids[kind][:n]
     starts = data.toy2d_sample(name, n, seed=config.seed + 7)
     chains, _ = long_chains(config, workdir, model, starts)
     true_points = data.toy2d_sample(name, n, seed=config.seed + 8)
