@@ -46,24 +46,28 @@ def checked(x, state_shape, endpoint):
         return tf.ensure_shape(tf.identity(x), (None,) + tuple(state_shape))
 
 
-class _InputNameNotes(logging.Filter):
-    """Drops TF's note, one per endpoint input, that an input name holds
-    characters a signature key cannot (nothing a user can act on)."""
+class _SaveNotes(logging.Filter):
+    """Drops TF's INFO notes while a SavedModel is written: one per
+    endpoint input whose name a signature key cannot hold, the sharding
+    callback's duration, "Assets written", the fingerprint (nothing a user
+    can act on); warnings and errors pass."""
 
     def filter(self, record):
-        return "with unsupported characters" not in record.getMessage()
+        return record.levelno >= logging.WARNING
 
 
 @contextlib.contextmanager
 def quiet_save():
-    """Writes SavedModels without TF's per-input notes."""
-    noise = _InputNameNotes()
-    logger = logging.getLogger("absl")
-    logger.addFilter(noise)
+    """Writes SavedModels without TF's INFO notes (`_SaveNotes`)."""
+    notes = _SaveNotes()
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    for logger in loggers:
+        logger.addFilter(notes)
     try:
         yield
     finally:
-        logger.removeFilter(noise)
+        for logger in loggers:
+            logger.removeFilter(notes)
 
 
 def write_out(archive, path):

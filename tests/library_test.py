@@ -174,6 +174,20 @@ def test_export_after_sampling_with_every_sampling_default(walk_model, tmp_path)
         r.sample(x0, -2)
 
 
+def test_export_writes_no_notes(walk_model, tmp_path, caplog):
+    # TF logs INFO notes while saving (input names, sharding, assets,
+    # fingerprint): none reaches a handler; a warning still would.
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("absl").setLevel(logging.INFO)
+        keras_ebm.export_savedmodel(walk_model, str(tmp_path / "ebm"))
+        with keras_ebm.export.quiet_save():
+            logging.getLogger("absl").warning("a warning passes")
+    noted = [r for r in caplog.records if r.name in ("absl", "tensorflow")]
+    assert [r.getMessage() for r in noted] == ["a warning passes"]
+
+
 def test_defended_export_takes_num_steps(walk_model, tmp_path):
     # An identity classifier: the logits are the purified states.
     clf = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
