@@ -28,9 +28,13 @@ from keras_ebm.sampling import langevin
 class DefendedClassifier:
     """`classifier` behind `num_steps` steps of `model`'s Langevin.
 
+    Inputs are the EBM's states, float32 `[B, *model.state_shape]` (images:
+    NHWC in [-1, 1]); outputs are the classifier's logits `[B, classes]`.
+
     Args:
         model: a trained `EnergyModel` (its potential and step size).
-        classifier: a Keras model, images -> logits.
+        classifier: a Keras model, states -> logits, trained without the
+            EBM (any naturally trained classifier).
         num_steps: K_def.
         step_size: purification eps; default the model's training eps.
         temperature: purification T of `U = E/T`; default the training T.
