@@ -42,6 +42,10 @@ def get_config(arg="digits"):
             step_size=0.0,  # purification eps; 0 = the training eps
             temperature=0.0,  # purification T; 0 = the training T
             classifier_workdir=f"runs/classifier/{arg}",
+            # The classifier's input: its size (0: the EBM's) and value
+            # range; an adapter inside the defense maps [-1, 1] states to it.
+            classifier_input_size=0,
+            classifier_input_range=(-1.0, 1.0),
         )
     )
     # BPDA+EOT evaluation (ebm-life-cycle configs_attack/, CIFAR-10 values):
@@ -172,6 +176,9 @@ def get_config(arg="digits"):
         c.langevin.update(num_steps=100, step_size=2e-2, temperature=1e-5)
         c.bank.update(size=10000, rejuvenation_prob=0.05)
         c.defense.num_steps = 200
+        # Keras' EfficientNet-B7 as the reference defends it: 600x600 in
+        # [0, 255] (the EBM purifies at 224 in [-1, 1]).
+        c.defense.update(classifier_input_size=600, classifier_input_range=(0.0, 255.0))
         # attack_config_imagenet: validation, 8 x 100 images, 2/255, eta
         # 1/255, H_adv 24 (the paper's table says 16), H_def 64.
         c.attack.update(

@@ -87,6 +87,8 @@ class DefendedClassifier:
             nets.append(self.model.prior_net)
         for net in nets:
             h.update(type(net).__qualname__.encode())
+            # An input adapter's size and range change what it computes.
+            h.update(json.dumps(getattr(net, "adapter_settings", None)).encode())
             for v in net.weights:
                 value = np.asarray(v)
                 h.update(str((value.shape, value.dtype.str)).encode())

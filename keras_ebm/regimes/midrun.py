@@ -13,7 +13,7 @@ import ml_collections
 import tensorflow as tf
 
 from keras_ebm import classify, distribute, training
-from keras_ebm.defense import attack, purify, report
+from keras_ebm.defense import adapter, attack, purify, report
 from keras_ebm.evaluation import chains
 from keras_ebm.regimes import common
 from keras_ebm.regimes.shortrun import build
@@ -35,6 +35,14 @@ def check(config):
         "the midrun generator is frozen",
     )
     require(config.defense.num_steps >= 1, "defense.num_steps", "must be >= 1")
+    d = config.defense
+    low, high = tuple(d.get("classifier_input_range", (-1.0, 1.0)))
+    require(
+        d.get("classifier_input_size", 0) >= 0 and low < high,
+        "defense.classifier_input_size",
+        "the classifier's input size must be >= 0 (0: the EBM's) and its "
+        "classifier_input_range (low, high) with low < high",
+    )
     training.check_frozen_generator(config, config.data.name)
 
 
@@ -47,7 +55,7 @@ def evaluate(config, workdir):
     steps of the newest checkpoint, beside the undefended classifier."""
     check_attack(config)
     model, step = training.load_trained(config, workdir, build)
-    classifier = load_classifier(config.defense.classifier_workdir)
+    classifier = classifier_of(config)
     images, labels = report.test_set(config)
     # multi_worker: the attacks' batches are spread over the workers.
     index, count, chief = distribute.worker_task(config.train.strategy)
@@ -117,6 +125,17 @@ class SavedModelClassifier(keras.layers.Layer):
         return out
 
 
+def classifier_of(config):
+    """The classifier of `defense.classifier_workdir` behind its input
+    adapter (`defense.classifier_input_size`, `classifier_input_range`)."""
+    d = config.defense
+    return adapter.adapted(
+        load_classifier(d.classifier_workdir),
+        d.get("classifier_input_size", 0),
+        tuple(d.get("classifier_input_range", (-1.0, 1.0))),
+    )
+
+
 def load_classifier(path):
     """The classifier to defend: a classifier-regime run directory, a
     `.keras` file, or a SavedModel with a `logits` endpoint (or a
@@ -143,7 +162,7 @@ def export(config, workdir):
     """`<workdir>/export` (the EBM's endpoints, `purify` with K_def steps)
     and `<workdir>/export_defended` (`classify`, `purify`, `predict`)."""
     model, step = training.load_trained(config, workdir, build)
-    classifier = load_classifier(config.defense.classifier_workdir)
+    classifier = classifier_of(config)
     chains.export(
         config,
         workdir,
