@@ -71,34 +71,36 @@ class NetworksTest(tf.test.TestCase, parameterized.TestCase):
             networks.build("gen_sngan32", image_shape=(64, 64, 3))
 
 
+def write_reference_checkpoint(net, prefix, root_prefix, drop=None):
+    """A stand-in TF checkpoint with the reference's key layout."""
+    root = tf.Module()
+    holder = tf.Module()
+    if root_prefix:
+        setattr(root, root_prefix, holder)
+    else:
+        holder = root
+    values = {}
+    for var in net.weights:
+        name = var.path.split("/", 1)[1]
+        if name == drop:
+            continue
+        node = holder
+        *parts, leaf = name.split("/")
+        for part in parts:
+            if not hasattr(node, part):
+                setattr(node, part, tf.Module())
+            node = getattr(node, part)
+        values[name] = (
+            np.random.default_rng(len(values)).normal(size=var.shape).astype("float32")
+        )
+        setattr(node, leaf, tf.Variable(values[name]))
+    tf.train.Checkpoint(root=root).write(prefix)
+    return values
+
+
 class ReferenceCheckpointTest(tf.test.TestCase):
     def _write_reference_style(self, net, prefix, root_prefix, drop=None):
-        """A stand-in TF checkpoint with the reference's key layout."""
-        root = tf.Module()
-        holder = tf.Module()
-        if root_prefix:
-            setattr(root, root_prefix, holder)
-        else:
-            holder = root
-        values = {}
-        for var in net.weights:
-            name = var.path.split("/", 1)[1]
-            if name == drop:
-                continue
-            node = holder
-            *parts, leaf = name.split("/")
-            for part in parts:
-                if not hasattr(node, part):
-                    setattr(node, part, tf.Module())
-                node = getattr(node, part)
-            values[name] = (
-                np.random.default_rng(len(values))
-                .normal(size=var.shape)
-                .astype("float32")
-            )
-            setattr(node, leaf, tf.Variable(values[name]))
-        tf.train.Checkpoint(root=root).write(prefix)
-        return values
+        return write_reference_checkpoint(net, prefix, root_prefix, drop)
 
     def test_loads_reference_keys(self):
         net = networks.build("ebm_small", image_shape=(8, 8, 1), width=4)
