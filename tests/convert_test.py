@@ -63,14 +63,3 @@ def test_the_command(tmp_path):
     loaded.load_weights(str(out))
     z = tf.random.stateless_normal((3, 4), [0, 2])
     np.testing.assert_array_equal(loaded(z), net(z))
-    again = subprocess.run(
-        [sys.executable, "-m", "keras_ebm.convert", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 1
-    assert (
-        again.stderr.strip().startswith("error: --output=") and "exists" in again.stderr
-    )

@@ -1,5 +1,5 @@
 """longrun survives SIGKILL at random points, `KILL_CYCLES` times in a row
-(5 in CI; issue 15 measured ten), and ends bit-identical to an uninterrupted
+(4 in CI; issue 15 measured ten), and ends bit-identical to an uninterrupted
 run (`tests/processes.kill_test`; one file per regime, so the two run side
 by side under `make test`)."""
 
