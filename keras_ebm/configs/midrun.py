@@ -177,8 +177,13 @@ def get_config(arg="digits"):
         c.bank.update(size=10000, rejuvenation_prob=0.05)
         c.defense.num_steps = 200
         # Keras' EfficientNet-B7 as the reference defends it: 600x600 in
-        # [0, 255] (the EBM purifies at 224 in [-1, 1]).
-        c.defense.update(classifier_input_size=600, classifier_input_range=(0.0, 255.0))
+        # [0, 255] (the EBM purifies at 224 in [-1, 1]), its weights from a
+        # local file (`:imagenet` downloads them where there is network).
+        c.defense.update(
+            classifier_workdir="keras.applications.EfficientNetB7:efficientnetb7.h5",
+            classifier_input_size=600,
+            classifier_input_range=(0.0, 255.0),
+        )
         # attack_config_imagenet: validation, 8 x 100 images, 2/255, eta
         # 1/255, H_adv 24 (the paper's table says 16), H_def 64.
         c.attack.update(

@@ -136,10 +136,40 @@ def classifier_of(config):
     )
 
 
+APPLICATIONS = "keras.applications."
+
+
+def application_classifier(spec):
+    """`keras.applications.<Name>:<weights>`, e.g.
+    `keras.applications.EfficientNetB7:/weights/efficientnetb7.h5`: the
+    Keras application with its top, returning logits (no softmax), its
+    weights from a local file, or `imagenet` to download them (machines
+    with network). Its input is its own (EfficientNet-B7: 600x600 in
+    [0, 255]); `defense.classifier_input_size` / `classifier_input_range`
+    adapt the EBM's states to it."""
+    name, _, weights = spec[len(APPLICATIONS) :].partition(":")
+    cls = getattr(keras.applications, name, None)
+    if cls is None or not callable(cls):
+        raise training.ConfigError(
+            f"defense.classifier_workdir: no keras.applications.{name}"
+        )
+    if not weights:
+        raise training.ConfigError(
+            f"defense.classifier_workdir: {spec} needs weights after ':', a "
+            "local file (e.g. efficientnetb7.h5) or imagenet (downloads them)"
+        )
+    if weights != "imagenet" and not os.path.isfile(weights):
+        raise FileNotFoundError(f"no weights file {weights!r} for {name}")
+    return cls(weights=weights, classifier_activation=None)
+
+
 def load_classifier(path):
     """The classifier to defend: a classifier-regime run directory, a
-    `.keras` file, or a SavedModel with a `logits` endpoint (or a
-    serving_default signature returning logits)."""
+    `.keras` file, a SavedModel with a `logits` endpoint (or a
+    serving_default signature returning logits), or a Keras application
+    with its weights (`application_classifier`)."""
+    if path.startswith(APPLICATIONS):
+        return application_classifier(path)
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no classifier file {path!r}")
