@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_ebm import distribute
+from keras_ebm.models import inputs
 from keras_ebm.sampling import LangevinStats, langevin, potential
 
 INIT_SOURCES = ("noise", "data", "generator")
@@ -109,7 +110,7 @@ class EnergyModel(keras.Model):
         self.prior_temperature = prior_temperature
         self.tau = tau
         self.seed = seed
-        self.state_shape = state_shape_of(energy_net)
+        self.state_shape = inputs.state_shape_of(energy_net)
         if generator is not None:
             generator.trainable = self.train_generator
         if prior_net is not None:
@@ -186,55 +187,12 @@ class EnergyModel(keras.Model):
         Raises:
             ValueError: naming what to do.
         """
-        self.check_banks_filled()
-        self.check_batches(x, batch_size)
+        inputs.check_banks_filled(self.banks, self.init_source)
+        inputs.check_batches(x, batch_size, self.bank)
         # A dataset comes shuffled or not as its maker chose (Keras would
         # warn that it ignores shuffle=True).
         kwargs.setdefault("shuffle", not isinstance(x, tf.data.Dataset))
         return super().fit(x, y, batch_size=batch_size, **kwargs)
-
-    def check_banks_filled(self):
-        """A `ValueError` when a bank is all zeros (never filled)."""
-        for name, bank in self.banks.items():
-            if not bool(tf.reduce_any(tf.not_equal(bank.states, 0.0))):
-                data = " with the data, e.g. model.initialize_bank(x_train)"
-                raise ValueError(
-                    f"the {name} holds no states yet (all zeros): call "
-                    f"model.initialize_bank()"
-                    f"{data if self.init_source == 'data' else ''} before fit"
-                )
-
-    def check_batches(self, x, batch_size=None):
-        """A `ValueError` for data whose batches are partial or of another
-        size than the banks draw."""
-        bank_batch = None if self.bank is None else self.bank.batch_size
-        if isinstance(x, tf.data.Dataset):
-            spec = x.element_spec
-            spec = spec["x"] if isinstance(spec, dict) else spec
-            spec = spec[0] if isinstance(spec, tuple) else spec
-            size = spec.shape[0] if spec.shape.rank else None
-            if size is None:
-                raise ValueError(
-                    "the dataset's batch size is not fixed (a last, partial "
-                    "batch): batch it with "
-                    "dataset.batch(batch_size, drop_remainder=True)"
-                )
-        elif hasattr(x, "shape") and not isinstance(x, dict):
-            size = batch_size or 32  # Keras' default
-            if x.shape[0] % size:
-                raise ValueError(
-                    f"{x.shape[0]} examples do not split into batches of "
-                    f"{size}; drop the last {x.shape[0] % size} or pass a "
-                    "tf.data.Dataset batched with drop_remainder=True"
-                )
-        else:
-            return
-        if bank_batch is not None and size != bank_batch:
-            raise ValueError(
-                f"batches of {size} but the bank draws {bank_batch} states "
-                f"per step: batch the data by {bank_batch} or build the "
-                f"SampleBank with batch_size={size}"
-            )
 
     # === Initialization sources ===
 
@@ -545,23 +503,6 @@ class EnergyModel(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-
-def state_shape_of(net):
-    """The shape of one state: `net.image_shape`, else its input shape."""
-    shape = getattr(net, "image_shape", None)
-    if shape is None:
-        try:
-            shape = net.input_shape[1:]
-        except (AttributeError, ValueError):
-            shape = None
-    if shape is None or any(d is None for d in shape):
-        raise ValueError(
-            "the energy network needs a fixed input shape: build it with "
-            "keras.Input(shape) (e.g. keras.Sequential([keras.Input((2,)), "
-            "...])) or give it an `image_shape` attribute"
-        )
-    return tuple(shape)
 
 
 class _Untracked:
