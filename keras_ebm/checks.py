@@ -33,25 +33,10 @@ def check_config(config):
     )
     require(config.data.image_size > 0, "data.image_size", "must be positive")
     require(config.data.noise_std >= 0, "data.noise_std", "must be >= 0")
-    planned = networks.PLANNED.get(config.model.ebm)
-    require(
-        planned is None,
-        "model.ebm",
-        f"{config.model.ebm} is not built yet (it comes with {planned})",
-    )
     require(
         config.model.ebm in networks.NAMES,
         "model.ebm",
         f"unknown network {config.model.ebm!r}",
-    )
-    planned = networks.PLANNED.get(config.model.generator)
-    require(
-        planned is None,
-        "model.generator",
-        f"{config.model.generator} is not built yet (it comes with {planned}); "
-        "choose an SNGAN generator of the same size, e.g. "
-        "--config.model.generator=gen_sngan64 with its weights in "
-        "--config.generator.weights",
     )
     require(
         not config.model.generator or config.model.generator in networks.NAMES,

@@ -26,6 +26,7 @@ import logging
 import keras
 import tensorflow as tf
 
+from keras_ebm import networks
 from keras_ebm.sampling import langevin
 
 
@@ -160,7 +161,10 @@ def export(
 
         def generate(n, num_steps=DEFAULT_STEPS):
             tf.debugging.assert_positive(n, message="generate expects n >= 1")
-            z = tf.random.normal((n, model.generator.latent_dim))
+            seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+            z = networks.sample_latent(
+                model.generator, (n, model.generator.latent_dim), seed
+            )
             x = model.generate(z, training=False)
             steps = steps_or(num_steps, eval_steps)
             return run(x, steps, eval_step_size, eval_temperature)

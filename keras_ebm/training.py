@@ -84,7 +84,7 @@ def build_model(config, model_class=EnergyModel, **extra):
             config.bank.size,
             config.train.batch_size,
             shape,
-            latent_dim=config.model.latent_dim if generator is not None else 0,
+            latent_dim=generator.latent_dim if generator is not None else 0,
             rejuvenation_prob=config.bank.rejuvenation_prob,
             max_updates=config.bank.max_updates,
         )

@@ -125,11 +125,10 @@ def test_longrun_and_prior_presets_have_valid_fields(dataset):
     from keras_ebm.configs import longrun, prior
 
     c = longrun.get_config(dataset)
-    if dataset == "imagenet2012":  # the BigGAN generator is not built yet
-        with pytest.raises(run.ConfigError, match="BigGAN.*gen_sngan64"):
-            run.training.check_config(c)
-        return
     run.training.check_config(c)
+    if dataset == "imagenet2012":  # BigGAN-deep-128 resized to 64
+        assert (c.model.generator, c.data.image_size) == ("gen_biggan_deep128", 64)
+        assert c.generator.weights == prior.get_config(dataset).generator.weights
     if dataset != "cifar10_data":
         run.training.check_config(prior.get_config(dataset))
 
@@ -183,7 +182,7 @@ def test_midrun_presets(dataset):
     from keras_ebm.configs import midrun
 
     c = midrun.get_config(dataset)
-    if dataset == "imagenet2012":  # the BigGAN EBM is not built yet
+    if dataset == "imagenet2012":
         a = c.attack  # attack_config_imagenet
         assert (a.eps, a.step_size, a.adv_replicates, a.def_replicates) == (
             2 / 255,
@@ -192,8 +191,9 @@ def test_midrun_presets(dataset):
             64,
         )
         assert (a.num_images, a.split, c.defense.num_steps) == (800, "validation", 200)
-        with pytest.raises(run.ConfigError, match="ebm_biggan is not built yet"):
-            run.training.check_config(c)
+        assert (c.model.ebm, c.model.generator) == ("ebm_biggan", "gen_biggan_deep256")
+        assert (c.train.batch_size, c.data.image_size) == (64, 224)
+        run.training.check_config(c)
         return
     run.training.check_config(c)
     assert c.bank.max_updates == 0 and not c.generator.trainable

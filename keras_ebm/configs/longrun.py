@@ -155,6 +155,9 @@ def get_config(arg="digits"):
             lr0=1e-4,
             joint=1.01,
         )
+        # DeepMind's BigGAN-deep-128 (tf2-model-clones layout), resized to 64.
+        c.model.generator_kwargs = common.Config()
+        c.generator.weights = "weights/biggan-tf2-128/weights"
     else:
         raise common.UnknownPreset("longrun", arg, PRESETS)
     return c

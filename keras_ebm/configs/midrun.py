@@ -167,12 +167,14 @@ def get_config(arg="digits"):
         c.optim.ebm_lr = ANNEAL
         common.paper_training(c, 150000)
     elif arg == "imagenet2012":
-        # imagenet_medconv_sngan: 224x224, BigGAN-deep EBM and a frozen
-        # BigGAN-deep-256 generator resized to 224 (both not built yet).
+        # imagenet_medconv_sngan: 224x224, the BigGAN-deep EBM and a frozen
+        # BigGAN-deep-256 generator resized to 224, DeepMind's weights as the
+        # tf2-model-clones notebook saves them (README: "ImageNet weights").
         c.data.update(image_size=224, channels=3, noise_std=3e-2)
         c.model.update(ebm="ebm_biggan", generator="gen_biggan_deep256", latent_dim=128)
         c.model.ebm_kwargs = common.Config()
         c.model.generator_kwargs = common.Config()
+        c.generator.weights = "weights/biggan-tf2-256/weights"
         c.langevin.update(num_steps=100, step_size=2e-2, temperature=1e-5)
         c.bank.update(size=10000, rejuvenation_prob=0.05)
         c.defense.num_steps = 200

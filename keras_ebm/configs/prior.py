@@ -88,6 +88,9 @@ def get_config(arg="digits"):
             temperature=1e-5,
             noise_std=1.5e-2,
         )
+        # DeepMind's BigGAN-deep-128 (tf2-model-clones layout), resized to 64.
+        c.model.generator_kwargs = common.Config()
+        c.generator.weights = "weights/biggan-tf2-128/weights"
     else:
         raise common.UnknownPreset("prior", arg, PRESETS)
     return c

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_ebm import distribute
+from keras_ebm import distribute, networks
 from keras_ebm.models import inputs
 from keras_ebm.sampling import LangevinStats, langevin, potential
 
@@ -212,9 +212,10 @@ class EnergyModel(keras.Model):
         return StepSeeds(*tf.unstack(seeds))
 
     def latent(self, batch_size, seed):
-        """`z ~ N(0, I)` of shape `[batch_size, latent_dim]`."""
+        """The generator's latents (`z ~ N(0, I)` unless it has its own
+        distribution) of shape `[batch_size, latent_dim]`."""
         return distribute.replica_rows(
-            lambda shape: tf.random.stateless_normal(shape, seed),
+            lambda shape: networks.sample_latent(self.generator, shape, seed),
             (batch_size, self.generator.latent_dim),
         )
 

@@ -6,13 +6,21 @@
   32,160,771 parameters (moving statistics included).
 - `ebm_small`, `gen_small`: narrow versions of the same blocks (digits).
 - `ebm_toy`, `gen_toy`: MLPs for 2-D toy data (ToyNet: 10,593).
+- `ebm_biggan`: the reference's ImageNet EBM at 224 (and 256), 128 or 64:
+  4,289,605 / 3,774,469 / 1,850,041 parameters.
+- `gen_biggan_deep128/256`: DeepMind's conditional BigGAN-deep (the
+  HuggingFace port), optionally resized (256 -> 224, 128 -> 64):
+  50,388,609 / 55,880,833 parameters as PyTorch counts them (50.4M /
+  55.9M), plus the per-truncation batch-norm statistics.
 - `clf_digits`, `clf_wrn28_10`: classifiers (digits CNN; WRN-28-10).
 """
 
 import contextlib
 
 import keras
+import tensorflow as tf
 
+from keras_ebm.networks.biggan import BigGANDeepGenerator, BigGANEnergyNet
 from keras_ebm.networks.classifier import DigitsCNN, WideResNet
 from keras_ebm.networks.sngan import SNGANEnergyNet, SNGANGenerator
 from keras_ebm.networks.toy import MLP
@@ -66,15 +74,25 @@ _REGISTRY = {
     "gen_toy": lambda latent_dim=2, image_shape=(2,), **kw: MLP(
         latent_dim, image_shape[0], role="generator", **kw
     ),
+    "ebm_biggan": lambda image_shape=(224, 224, 3), **kw: BigGANEnergyNet(
+        image_shape, **kw
+    ),
+    "gen_biggan_deep128": lambda **kw: BigGANDeepGenerator(128, **kw),
+    "gen_biggan_deep256": lambda **kw: BigGANDeepGenerator(256, **kw),
 }
 
 NAMES = tuple(_REGISTRY)
-# Named in configs but not built yet, with the issue that brings them.
-PLANNED = {
-    "gen_biggan_deep128": "the ImageNet networks (BigGAN) issue",
-    "gen_biggan_deep256": "the ImageNet networks (BigGAN) issue",
-    "ebm_biggan": "the ImageNet networks (BigGAN) issue",
-}
+
+
+def sample_latent(generator, shape, seed):
+    """Latent rows of `shape` for `generator`, a function of `seed` alone.
+
+    A generator with its own latent distribution (BigGAN-deep: truncated z
+    and a class) has `sample_latent`; the others take `z ~ N(0, I)`.
+    """
+    if hasattr(generator, "sample_latent"):
+        return generator.sample_latent(shape, seed)
+    return tf.random.stateless_normal(shape, seed)
 
 
 @contextlib.contextmanager
@@ -104,15 +122,17 @@ def build(name, **kwargs):
 
 
 __all__ = [
+    "BigGANDeepGenerator",
+    "BigGANEnergyNet",
     "DigitsCNN",
     "MLP",
     "WideResNet",
     "NAMES",
-    "PLANNED",
     "SNGANEnergyNet",
     "SNGANGenerator",
     "build",
     "precision",
+    "sample_latent",
     "load_tf_checkpoint",
     "load_weights",
 ]

@@ -1,0 +1,178 @@
+"""The BigGAN networks: the reference's parameter counts, its checkpoints
+loaded by key (every key used, shapes checked) computing what the
+reference's forward pass computes, and the generator's latent and class."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ebm import convert, errors, networks
+from keras_ebm.networks import biggan
+from tests import reference_biggan as ref
+
+
+def _count(net, trainable_only=True):
+    ws = net.trainable_weights if trainable_only else net.weights
+    return sum(int(np.prod(w.shape)) for w in ws)
+
+
+@pytest.mark.parametrize(
+    "size, count",
+    # 224: the reference's trainable count (reference-implementation.md
+    # §2.3); 128 and 64: this implementation's (BUILD_NOTES.md).
+    [(224, 4_289_605), (128, 3_774_469), (64, 1_850_041)],
+)
+def test_ebm_parameter_counts(size, count):
+    net = networks.build("ebm_biggan", image_shape=(size, size, 3))
+    assert _count(net) == count
+    assert _count(net, trainable_only=False) == count  # no inert sn_u
+    assert net(tf.zeros((2, size, size, 3))).shape == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "name, published, count, out",
+    # HuggingFace pytorch-pretrained-BigGAN README: BigGAN-deep-128 "a 50.4M
+    # parameters model", -256 "a 55.9M parameters model" (PyTorch
+    # parameters: the final batch norm's weight and bias are parameters,
+    # the statistics per truncation buffers).
+    [
+        ("gen_biggan_deep128", 50.4e6, 50_388_609, 64),
+        ("gen_biggan_deep256", 55.9e6, 55_880_833, 224),
+    ],
+)
+def test_generator_parameter_counts(name, published, count, out):
+    gen = networks.build(name, image_shape=(out, out, 3), latent_dim=128)
+    pytorch_count = (
+        _count(gen)
+        + _count(gen.bn, trainable_only=False)
+        - sum(int(np.prod(w.shape)) for w in (gen.bn.mean, gen.bn.var))
+    )
+    assert pytorch_count == count
+    assert abs(pytorch_count - published) < 0.05e6
+    assert gen.latent_dim == 129
+    x = gen(gen.sample_latent((2, 129), tf.constant([0, 1])))
+    assert x.shape == (2, out, out, 3)
+
+
+@pytest.mark.parametrize("size", [224, 128, 64])
+def test_ebm_loads_the_reference_layout_and_computes_its_energy(tmp_path, size):
+    spec = ref.ebm_spec(size, ch=8)
+    values = ref.random_values(spec)
+    prefix = str(tmp_path / "ebm")
+    ref.write(values, prefix, root="layer_with_weights-0")
+    net = networks.build("ebm_biggan", image_shape=(size, size, 3), channel_width=8)
+    networks.load_weights(net, prefix)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, size, size, 3)).astype("float32")
+    np.testing.assert_allclose(
+        net(x), ref.ebm_forward(values, x, size), rtol=2e-4, atol=1e-5
+    )
+
+
+def test_generator_loads_the_reference_layout_and_computes_its_images(tmp_path):
+    spec = ref.gen_spec(128, ch=8, num_classes=10)
+    values = ref.random_values(spec, seed=3)
+    prefix = str(tmp_path / "gen")
+    ref.write(values, prefix)
+    # 0.405 sits a quarter of the way from row 20 to row 21; the port
+    # weights them the other way round (0.25, 0.75).
+    kwargs = dict(channel_width=8, num_classes=10, truncation=0.405)
+    gen = networks.build("gen_biggan_deep128", image_shape=(64, 64, 3), **kwargs)
+    networks.load_weights(gen, prefix)
+    latent = gen.sample_latent((3, 129), tf.constant([4, 2]))
+    labels = gen.classes(latent)
+    expected = ref.gen_forward(
+        values, latent[:, :128].numpy(), labels, 128, 0.405, out_size=64
+    )
+    np.testing.assert_allclose(gen(latent), expected, rtol=1e-3, atol=2e-5)
+    # The class is given: another image than the latent's own class.
+    other = (labels + 1) % 10
+    np.testing.assert_allclose(
+        gen(latent, labels=other),
+        ref.gen_forward(values, latent[:, :128].numpy(), other, 128, 0.405, 64),
+        rtol=1e-3,
+        atol=2e-5,
+    )
+
+
+def test_checkpoint_keys_missing_or_extra_are_refused(tmp_path):
+    spec = ref.ebm_spec(64, ch=8)
+    values = ref.random_values(spec)
+    net = networks.build("ebm_biggan", image_shape=(64, 64, 3), channel_width=8)
+    before = [w.numpy() for w in net.weights]
+    extra = str(tmp_path / "extra")
+    ref.write(values, extra, root="m", extra={"layers_out/3/conv_9/w": np.ones(3)})
+    with pytest.raises(
+        ValueError, match=r"1 keys this network does not have: m/layers_out/3/conv_9/w"
+    ):
+        networks.load_weights(net, extra)
+    missing = str(tmp_path / "missing")
+    ref.write({k: v for k, v in values.items() if k != "layers_out/1/gamma"}, missing)
+    with pytest.raises(ValueError, match="layers_out/1/gamma: 0 matching keys"):
+        networks.load_weights(net, missing)
+    wrong = str(tmp_path / "wrong")
+    ref.write(ref.random_values(ref.ebm_spec(64, ch=16)), wrong)
+    with pytest.raises(ValueError, match="rgb_conv/w: shape"):
+        networks.load_weights(net, wrong)
+    for w, b in zip(net.weights, before, strict=True):
+        np.testing.assert_array_equal(w, b)
+
+
+def test_convert_writes_weights_that_compute_the_reference_images(tmp_path):
+    values = ref.random_values(ref.gen_spec(128, ch=8, num_classes=10), seed=5)
+    prefix = str(tmp_path / "gen")
+    ref.write(values, prefix)
+    kwargs = dict(image_shape=(64, 64, 3), channel_width=8, num_classes=10)
+    out = str(tmp_path / "gen.weights.h5")
+    convert.convert("gen_biggan_deep128", prefix, out, **kwargs)
+    gen = networks.build("gen_biggan_deep128", **kwargs)
+    gen.load_weights(out)
+    latent = gen.sample_latent((2, 129), tf.constant([0, 9]))
+    expected = ref.gen_forward(
+        values, latent[:, :128].numpy(), gen.classes(latent), 128, 1.0, 64
+    )
+    np.testing.assert_allclose(gen(latent), expected, rtol=1e-3, atol=2e-5)
+    with pytest.raises(errors.ConfigError, match="does not fit"):
+        convert.convert("ebm_biggan", prefix, str(tmp_path / "e.weights.h5"))
+
+
+def test_latent_is_truncated_and_picks_a_uniform_class():
+    gen = biggan.BigGANDeepGenerator(
+        128, channel_width=8, num_classes=10, truncation=0.5
+    )
+    latent = gen.sample_latent((4000, 129), tf.constant([7, 7])).numpy()
+    z, u = latent[:, :128], latent[:, 128]
+    assert np.abs(z).max() <= 2 * 0.5 and 0.35 < z.std() < 0.45  # 0.5 x 0.88
+    counts = np.bincount(gen.classes(latent).numpy(), minlength=10)
+    assert counts.min() > 330 and counts.max() < 470  # 400 each
+    np.testing.assert_array_equal(gen.classes(latent), np.floor(u * 10))
+    again = gen.sample_latent((4000, 129), tf.constant([7, 7]))
+    np.testing.assert_array_equal(again, latent)
+
+
+@pytest.mark.parametrize(
+    "truncation, row",
+    [
+        (1.0, lambda r: r[50]),
+        # A quarter of the way from row 20 to 21, weighted as the port
+        # weights it: 0.25 on row 20, 0.75 on row 21.
+        (0.405, lambda r: 0.25 * r[20] + 0.75 * r[21]),
+        # 0.94 / 0.02 = 46.99999999999999: (nearly) row 46, where 0.94 * 50
+        # would read row 47.
+        (0.94, lambda r: r[46]),
+    ],
+)
+def test_batch_norm_statistics_follow_the_truncation(truncation, row):
+    bn = biggan.BigGANBatchNorm(3, truncation=truncation, conditional=False)
+    bn.build((None, 1, 1, 3))
+    rows = np.arange(51 * 3, dtype="float32").reshape(51, 3)
+    bn.mean.assign(rows)
+    np.testing.assert_allclose(bn.statistics()[0], row(rows), atol=1e-4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="square images of size"):
+        networks.build("ebm_biggan", image_shape=(96, 96, 3))
+    with pytest.raises(ValueError, match="truncation"):
+        networks.build("gen_biggan_deep128", truncation=0.0)
+    with pytest.raises(ValueError, match="RGB"):
+        networks.build("gen_biggan_deep128", image_shape=(64, 64, 1))
