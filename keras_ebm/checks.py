@@ -169,6 +169,13 @@ def check_frozen_generator(config, dataset):
     )
     exists = is_run(path) or os.path.isfile(path) or tf.io.gfile.exists(path + ".index")
     require(
+        exists or not config.model.generator.startswith("gen_biggan"),
+        "generator.weights",
+        f"no BigGAN-deep weights at {path!r}: DeepMind's weights in the "
+        "reference's TF layout come from tf2-model-clones' save_biggan_tf2.ipynb "
+        "(README: ImageNet weights); put them there or pass their prefix",
+    )
+    require(
         exists,
         "generator.weights",
         f"no trained generator at {path!r}; train one with `python train.py "

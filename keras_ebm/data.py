@@ -130,6 +130,14 @@ def center_crop_resize(image, crop, size):
     return tf.image.resize(image, (size, size), antialias=True)
 
 
+def center_square_resize(image, size):
+    """ImageNet evaluation: the centre square of the short side, resized
+    (antialiased) to `size`, as the reference's non-training images."""
+    return center_crop_resize(
+        image, tf.minimum(tf.shape(image)[0], tf.shape(image)[1]), size
+    )
+
+
 def resize_random_crop(image, size, seed=None):
     """ImageNet: resize the short side to `size`, random-crop the long side."""
     h = tf.cast(tf.shape(image)[0], tf.float32)
@@ -141,13 +149,15 @@ def resize_random_crop(image, size, seed=None):
     return tf.image.random_crop(image, (size, size, channels), seed=seed)
 
 
-def _preprocess(name, image_size):
+def _preprocess(name, image_size, split="train"):
     def fn(example):
         image = tf.cast(example["image"], tf.float32)
         if name == "celeb_a":
             image = center_crop_resize(image, 178, image_size)
-        elif name == "imagenet2012":
+        elif name == "imagenet2012" and split == "train":
             image = resize_random_crop(image, image_size)
+        elif name == "imagenet2012":  # evaluation images are not random
+            image = center_square_resize(image, image_size)
         elif image.shape[0] != image_size:
             image = tf.image.resize(image, (image_size, image_size), antialias=True)
         return to_unit_range(image)
@@ -172,14 +182,34 @@ def tfds_images(
     import tensorflow_datasets as tfds
 
     image_size = image_size or TFDS_DATASETS[name]
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not _is_prepared(builder):
-        raise DatasetNotFoundError(_how_to_get(name, builder.data_dir, manual_dir))
+    builder = _prepared_builder(name, data_dir, manual_dir)
     read_config = tfds.ReadConfig(
         shuffle_seed=seed, shuffle_reshuffle_each_iteration=False
     )
     ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
-    return ds.map(_preprocess(name, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(
+        _preprocess(name, image_size, split), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def _prepared_builder(name, data_dir, manual_dir=None):
+    """The tfds builder of `name`, prepared: from `manual_dir`'s archives
+    when given (ImageNet's `ILSVRC2012_img_{train,val}.tar`, by tfds' own
+    builder, once), else it must be prepared already."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not _is_prepared(builder) and manual_dir:
+        if not os.path.isdir(manual_dir):
+            raise DatasetNotFoundError(
+                f"--config.data.manual_dir={manual_dir} is not a folder"
+            )
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        )
+    if not _is_prepared(builder):
+        raise DatasetNotFoundError(_how_to_get(name, builder.data_dir, manual_dir))
+    return builder
 
 
 def _is_prepared(builder):
@@ -235,30 +265,55 @@ def folder_images(path, image_size, channels=3):
     return ds.map(to_unit_range)
 
 
-def labeled(config, split):
+def labeled(config, split, indices=None):
     """`(images, labels)` arrays of a split, for classifiers.
 
     digits: a stratified held-out split (`classifier.test_fraction`) of the
-    1,797 images; tfds datasets: their own `train` / `test` splits.
+    1,797 images; tfds datasets: their own splits (`train`, `test`,
+    `validation`). `indices`: only these examples, in this order, read
+    without holding the others (ImageNet's validation split is 30 GB as
+    float arrays at 224).
     """
     name = config.data.name
     if name == "digits":
         classifier = config.get("classifier") or {}
         fraction = classifier.get("test_fraction", DIGITS_TEST_FRACTION)
         split = {"train": "classifier_train"}.get(split, split)
-        return digits_split(split, config.data.image_size, fraction)
+        images, labels = digits_split(split, config.data.image_size, fraction)
+        if indices is None:
+            return images, labels
+        return images[indices], labels[indices]
     if name not in TFDS_DATASETS:
         raise ValueError(f"no labeled splits for dataset {name!r}")
-    import tensorflow_datasets as tfds
+    builder = _prepared_builder(
+        name, config.data.data_dir or None, config.data.get("manual_dir") or None
+    )
+    ds = builder.as_dataset(split=split).enumerate()
+    if indices is not None:
+        wanted = tf.constant(np.unique(indices), tf.int64)
+        ds = ds.filter(lambda i, ex: tf.reduce_any(tf.equal(i, wanted)))
+    pre = _preprocess(name, config.data.image_size, split)
+    ds = ds.map(
+        lambda i, ex: (i, pre(ex), ex["label"]), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    found = {int(i): (x, y) for i, x, y in ds.as_numpy_iterator()}
+    order = sorted(found) if indices is None else [int(i) for i in indices]
+    return (
+        np.stack([found[i][0] for i in order]),
+        np.asarray([found[i][1] for i in order], "int32"),
+    )
 
-    builder = tfds.builder(name, data_dir=config.data.data_dir or None)
-    if not _is_prepared(builder):
-        raise DatasetNotFoundError(_how_to_get(name, builder.data_dir, None))
-    ds = builder.as_dataset(split=split)
-    pre = _preprocess(name, config.data.image_size)
-    ds = ds.map(lambda ex: (pre(ex), ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
-    images, labels = zip(*ds.as_numpy_iterator(), strict=True)
-    return np.stack(images), np.asarray(labels, "int32")
+
+def num_labeled(config, split):
+    """Number of examples of a labeled split (see `labeled`)."""
+    if config.data.name == "digits":
+        return len(labeled(config, split)[1])
+    builder = _prepared_builder(
+        config.data.name,
+        config.data.data_dir or None,
+        config.data.get("manual_dir") or None,
+    )
+    return builder.info.splits[split].num_examples
 
 
 def augment(image, pad=4):

@@ -71,7 +71,13 @@ def fit_guarded(config, workdir, model, source, run_state, chief, extra=()):
     progress = callbacks.ProgressBar(tr.num_steps)
     writers = [
         progress,
-        callbacks.Summaries(workdir, tr.image_every, tr.num_steps, writer=writer),
+        callbacks.Summaries(
+            workdir,
+            tr.image_every,
+            tr.num_steps,
+            num_images=tr.get("grid_images", 64),
+            writer=writer,
+        ),
         callbacks.Checkpointer(
             workdir,
             tr.checkpoint_every,

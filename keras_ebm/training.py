@@ -167,6 +167,7 @@ RUN_INDEPENDENT_TRAIN_FIELDS = (
     "strategy",
     "log_every",
     "image_every",
+    "grid_images",
     "checkpoint_every",
     "keep_checkpoints",
 )

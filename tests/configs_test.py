@@ -194,6 +194,11 @@ def test_midrun_presets(dataset):
         assert (c.model.ebm, c.model.generator) == ("ebm_biggan", "gen_biggan_deep256")
         assert (c.train.batch_size, c.data.image_size) == (64, 224)
         run.training.check_config(c)
+        # Without DeepMind's weights the error says where they come from.
+        from keras_ebm.regimes import midrun as regime
+
+        with pytest.raises(run.ConfigError, match="save_biggan_tf2.ipynb"):
+            regime.check(c)
         return
     run.training.check_config(c)
     assert c.bank.max_updates == 0 and not c.generator.trainable

@@ -33,6 +33,7 @@ def mirrored_strategy():
 # while the other idles (longest-processing-time-first scheduling).
 LONGEST_FIRST = (
     "multi_worker_test.py",
+    "imagenet_test.py",
     "kill_longrun_test.py",
     "kill_shortrun_test.py",
     "attack_test.py",

@@ -118,6 +118,7 @@ def get_base_config():
             batch_size=64,
             log_every=50,  # steps between scalar summaries
             image_every=300,  # steps between sample grids
+            grid_images=64,  # images per sample grid
             checkpoint_every=300,
             keep_checkpoints=3,
             jit_compile="auto",  # auto (XLA on GPU/TPU only), on, off

@@ -80,9 +80,9 @@ def test_set(config):
     """`config.attack.num_images` labeled images of `config.attack.split`,
     in a seeded random order (the reference shuffles its test set)."""
     a = config.attack
-    images, labels = data.labeled(config, a.split)
-    order = np.random.default_rng(a.seed).permutation(len(images))[: a.num_images]
-    return images[order], labels[order]
+    num = data.num_labeled(config, a.split)
+    order = np.random.default_rng(a.seed).permutation(num)[: a.num_images]
+    return data.labeled(config, a.split, indices=order)
 
 
 def defended_classifier(config, model, classifier, num_steps):
