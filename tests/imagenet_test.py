@@ -100,8 +100,13 @@ def test_prior_and_longrun_train_on_biggan_deep_128(stand_in, tmp_path):
     model = run.train(config, str(tmp_path / "prior"))
     assert model.generator.resolution == 128
     assert model.bank.states.shape == (2, 64, 64, 3)
-    assert model.bank.latents.shape == (2, 129)  # z and the class
+    latents = model.bank.latents.numpy()  # z (truncated) and u (the class)
+    assert latents.shape == (2, 129) and np.abs(latents[:, :128]).max() <= 2
+    assert ((latents[:, 128] >= 0) & (latents[:, 128] < 1)).all()
     assert np.isfinite(model.bank.states.numpy()).all()
+    # Grids of train.grid_images (2): one row of 64x64 images, not eight.
+    grid = Image.open(tmp_path / "prior" / "samples" / "generator_00000001.png")
+    assert grid.size == (8 * 65 + 1, 65 + 1)
 
     config = _tiny(longrun.get_config("imagenet2012"), stand_in, 128)
     config.prior.workdir = str(tmp_path / "prior")
