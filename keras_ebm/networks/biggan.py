@@ -22,6 +22,7 @@ Layer names are the reference's, so checkpoints load by key
 `layers_out/0/bn_0/mean`, ...
 """
 
+import itertools
 import math
 import re
 
@@ -29,77 +30,37 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-# The reference's block plans: (downsample or upsample, in, out) as
-# multiples of the channel width, and where the attention layer goes.
+
+def _down_pairs(widths):
+    """A halving block from each width to the next, each followed by a
+    block that keeps its size and width (the discriminator's rhythm)."""
+    plan = []
+    for a, b in itertools.pairwise(widths):
+        plan += [(True, a, b), (False, b, b)]
+    return plan
+
+
+def _up_pairs(widths):
+    """A block that keeps each width, then one that doubles the size and
+    goes to the next width (the generator's rhythm)."""
+    plan = []
+    for a, b in itertools.pairwise(widths):
+        plan += [(False, a, a), (True, a, b)]
+    return plan
+
+
+# The reference's block plans, (halve or double the size, in, out) with
+# channels as multiples of the width, and the EBMs' attention positions.
 EBM_PLANS = {
-    224: (
-        [
-            (True, 1, 2),
-            (False, 2, 2),
-            (True, 2, 4),
-            (False, 4, 4),
-            (True, 4, 8),
-            (False, 8, 8),
-            (True, 8, 8),
-            (False, 8, 8),
-            (True, 8, 16),
-            (False, 16, 16),
-            (True, 16, 16),
-            (False, 16, 16),
-        ],
-        4,
-    ),
-    128: (
-        [
-            (True, 1, 2),
-            (False, 2, 2),
-            (True, 2, 4),
-            (False, 4, 4),
-            (True, 4, 8),
-            (False, 8, 8),
-            (True, 8, 16),
-            (False, 16, 16),
-            (True, 16, 16),
-            (False, 16, 16),
-        ],
-        2,
-    ),
-    64: (
-        [
-            (False, 1, 1),
-            (True, 1, 2),
-            (False, 2, 2),
-            (True, 2, 4),
-            (False, 4, 4),
-            (True, 4, 8),
-            (False, 8, 8),
-            (True, 8, 16),
-            (False, 16, 16),
-        ],
-        1,
-    ),
+    224: (_down_pairs([1, 2, 4, 8, 8, 16, 16]), 4),  # attention at 56x56
+    128: (_down_pairs([1, 2, 4, 8, 16, 16]), 2),
+    64: ([(False, 1, 1)] + _down_pairs([1, 2, 4, 8, 16]), 1),
 }
 EBM_PLANS[256] = EBM_PLANS[224]
-
-_GEN_128 = [
-    (False, 16, 16),
-    (True, 16, 16),
-    (False, 16, 16),
-    (True, 16, 8),
-    (False, 8, 8),
-    (True, 8, 4),
-    (False, 4, 4),
-    (True, 4, 2),
-    (False, 2, 2),
-    (True, 2, 1),
-]
 GEN_PLANS = {
-    128: _GEN_128,
-    256: _GEN_128[:5] + [(True, 8, 8), (False, 8, 8)] + _GEN_128[5:],
-    512: _GEN_128[:5]
-    + [(True, 8, 8), (False, 8, 8)]
-    + _GEN_128[5:]
-    + [(False, 1, 1), (True, 1, 1)],
+    128: _up_pairs([16, 16, 8, 4, 2, 1]),
+    256: _up_pairs([16, 16, 8, 8, 4, 2, 1]),
+    512: _up_pairs([16, 16, 8, 8, 4, 2, 1, 1]),
 }
 GEN_ATTENTION_POSITION = 8
 
