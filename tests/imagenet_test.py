@@ -21,6 +21,7 @@ from PIL import Image
 from keras_ebm import data, run
 from keras_ebm.configs import longrun, midrun, prior
 from tests import reference_biggan as ref
+from tests.biggan_test import pytorch_count
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +103,9 @@ def test_the_stand_in_is_read_by_tfds(stand_in):
 def test_prior_and_longrun_train_on_biggan_deep_128(stand_in, tmp_path):
     config = _tiny(prior.get_config("imagenet2012"), stand_in, 128)
     model = run.train(config, str(tmp_path / "prior"))
+    # The full-size generator, counted as PyTorch counts (published: 50.4M).
     assert model.generator.resolution == 128
+    assert pytorch_count(model.generator) == 50_388_609
     assert model.bank.states.shape == (2, 64, 64, 3)
     latents = model.bank.latents.numpy()  # z (truncated) and u (the class)
     assert latents.shape == (2, 129) and np.abs(latents[:, :128]).max() <= 2
@@ -150,6 +153,8 @@ def test_midrun_trains_purifies_attacks_and_exports(stand_in, tmp_path):
     workdir = str(tmp_path / "midrun")
     model = run.train(config, workdir)
     assert model.energy_net.name.startswith("big_gan_energy_net")
+    assert pytorch_count(model.generator) == 55_880_833  # published: 55.9M
+    assert model.generator.image_shape == (224, 224, 3)
     assert model.bank.states.shape == (2, 224, 224, 3)
     results = run.evaluate(config, workdir)
     assert (results["num_images"], results["split"]) == (2, "validation")
