@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from keras_ebm import cli, run  # noqa: E402
 
@@ -44,18 +45,6 @@ def load(config, workdir):
     classifier = midrun.load_classifier(config.defense.classifier_workdir)
     images, labels = report.test_set(config)
     return model, classifier, images, labels
-
-
-def timed(fn, repeats):
-    import numpy as np
-
-    fn()  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def speed(config, workdir):
@@ -93,7 +82,9 @@ def speed(config, workdir):
     image_steps = b * h * k
     out = {}
     for name, fn in steps.items():
-        seconds = timed(lambda fn=fn: [t.numpy() for t in tf.nest.flatten(fn())], 3)
+        seconds = median_seconds(
+            lambda fn=fn: [t.numpy() for t in tf.nest.flatten(fn())], 3
+        )
         out[name] = dict(seconds=seconds, image_steps_per_second=image_steps / seconds)
         print(
             f"{name:>18}: {seconds:7.2f} s, {image_steps / seconds:9.0f} image-steps/s"

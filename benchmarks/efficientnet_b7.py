@@ -26,21 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 flags.DEFINE_string("weights", "", "B7 weights file (default: random, saved first)")
 flags.DEFINE_integer("repeats", 3, "timed calls per measurement (median)")
 flags.DEFINE_string("out", "runs/benchmarks/efficientnet_b7.json", "results")
 FLAGS = flags.FLAGS
-
-
-def timed(fn, x, repeats):
-    np.asarray(fn(x))  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        np.asarray(fn(x))
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def main(argv):
@@ -80,8 +71,10 @@ def main(argv):
         input=list(b7.input_shape[1:]),
         seconds_to_build=built,
         max_abs_difference_to_hand_resize=error,
-        logits_s_batch1=timed(logits, x, FLAGS.repeats),
-        input_gradient_s_batch1=timed(input_gradient, x, FLAGS.repeats),
+        logits_s_batch1=median_seconds(lambda: np.asarray(logits(x)), FLAGS.repeats),
+        input_gradient_s_batch1=median_seconds(
+            lambda: np.asarray(input_gradient(x)), FLAGS.repeats
+        ),
     )
     print(json.dumps(row, indent=2))
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)

@@ -17,7 +17,6 @@ Writes `--out` (JSON) and prints a Markdown table.
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from keras_ebm import networks  # noqa: E402
 from keras_ebm.sampling import langevin, potential  # noqa: E402
@@ -56,16 +56,6 @@ def flops_per_image(fn, spec):
     return int(stats.total_float_ops)
 
 
-def timed(fn, x, repeats):
-    np.asarray(fn(x))  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        np.asarray(fn(x))
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
-
-
 def measure(name, kwargs):
     net = networks.build(name, **kwargs)
     generator = name.startswith("gen_")
@@ -87,9 +77,13 @@ def measure(name, kwargs):
             x = net.sample_latent((b, width), tf.constant([0, b]))
         else:
             x = tf.random.uniform((b,) + net.image_shape, -1, 1, seed=b)
-        row[f"forward_s_batch{b}"] = timed(forward, x, FLAGS.repeats)
+        row[f"forward_s_batch{b}"] = median_seconds(
+            lambda x=x: np.asarray(forward(x)), FLAGS.repeats
+        )
         if not generator:
-            row[f"langevin_step_s_batch{b}"] = timed(step, x, FLAGS.repeats)
+            row[f"langevin_step_s_batch{b}"] = median_seconds(
+                lambda x=x: np.asarray(step(x)), FLAGS.repeats
+            )
     return row
 
 
