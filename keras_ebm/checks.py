@@ -168,12 +168,12 @@ def check_frozen_generator(config, dataset):
         ".weights.h5 file or a TF checkpoint prefix",
     )
     exists = is_run(path) or os.path.isfile(path) or tf.io.gfile.exists(path + ".index")
+    source = networks.WEIGHTS_SOURCES.get(config.model.generator)
     require(
-        exists or not config.model.generator.startswith("gen_biggan"),
+        exists or source is None,
         "generator.weights",
-        f"no BigGAN-deep weights at {path!r}: DeepMind's weights in the "
-        "reference's TF layout come from tf2-model-clones' save_biggan_tf2.ipynb "
-        "(README: ImageNet weights); put them there or pass their prefix",
+        f"no {config.model.generator} weights at {path!r}: {source}; put them "
+        "there or pass their prefix",
     )
     require(
         exists,

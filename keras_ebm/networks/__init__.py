@@ -82,6 +82,13 @@ _REGISTRY = {
 }
 
 NAMES = tuple(_REGISTRY)
+# Networks used only with published weights (never trained here): where a
+# user gets them, for the error that finds them missing.
+WEIGHTS_SOURCES = {
+    name: "DeepMind's weights in the reference's TF layout come from "
+    "tf2-model-clones' save_biggan_tf2.ipynb (README: ImageNet weights)"
+    for name in ("gen_biggan_deep128", "gen_biggan_deep256")
+}
 
 
 def sample_latent(generator, shape, seed):
@@ -128,6 +135,7 @@ __all__ = [
     "MLP",
     "WideResNet",
     "NAMES",
+    "WEIGHTS_SOURCES",
     "SNGANEnergyNet",
     "SNGANGenerator",
     "build",
