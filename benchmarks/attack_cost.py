@@ -6,8 +6,11 @@ and the memory of the full gradient against keeping every step on the tape.
 Speed (one batch of `attack.batch_size` images x H_adv replicates, K_def
 steps, compiled, median of `--repeats`): image-steps per second of
 - the Langevin core alone (`keras_ebm.sampling.langevin`), the same chains;
-- one BPDA+EOT gradient (`attack.eot_logits_and_grad`, grad_steps 0);
-- one full-gradient step (grad_steps K_def, checkpointed every ~sqrt(K_def)),
+- one BPDA+EOT gradient (`gradients.eot_logits_and_grad`, grad_steps 0);
+- one full-gradient step (grad_steps K_def, checkpointed every ~sqrt(K_def));
+- one surrogate step (the same through the smooth twin at `--beta`);
+- one SPSA step (`attack.spsa_samples` pairs: 2N + 1 purifications of the
+  batch; image-steps counted as the forward chains it runs),
 and how far the exact gradient is from the straight-through one with the
 same noise (for a ReLU EBM: zero up to rounding).
 
@@ -34,6 +37,7 @@ from keras_ebm import cli, run  # noqa: E402
 flags.DEFINE_integer("repeats", 3, "timed calls per measurement (median)")
 flags.DEFINE_integer("memory_images", 8, "images per memory measurement")
 flags.DEFINE_list("memory_k_defs", ["100", "1000"], "K_def of the memory cases")
+flags.DEFINE_float("beta", 20.0, "the surrogate's beta")
 
 
 def load(config, workdir):
@@ -50,7 +54,7 @@ def load(config, workdir):
 def speed(config, workdir):
     import tensorflow as tf
 
-    from keras_ebm.defense import attack, report
+    from keras_ebm.defense import gradients, report
     from keras_ebm.sampling import langevin
 
     model, classifier, images, labels = load(config, workdir)
@@ -69,23 +73,32 @@ def speed(config, workdir):
         )[0]
     )
     bpda = report.settings_of(config)
-    full = report.full_gradient_settings(config, k)
-    steps = {
-        "langevin_core": core,
-        "bpda_eot_gradient": tf.function(
-            lambda: attack.eot_logits_and_grad(d, x, y, bpda, seed)
-        ),
-        "full_gradient": tf.function(
-            lambda: attack.eot_logits_and_grad(d, x, y, full, seed)
-        ),
+    spsa = report.spsa_settings(config)
+    estimators = {
+        "bpda_eot_gradient": bpda,
+        "full_gradient": report.full_gradient_settings(config, k),
+        "surrogate": report.surrogate_settings(config, k, flags.FLAGS.beta),
+        "spsa": spsa,
     }
-    image_steps = b * h * k
+    steps = {"langevin_core": core}
+    for name, s in estimators.items():
+        steps[name] = tf.function(
+            lambda s=s: gradients.logits_and_grad(d, x, y, s, seed)
+        )
     out = {}
     for name, fn in steps.items():
+        # Forward chains: SPSA purifies 2N + 1 batches of its H replicates.
+        s = estimators.get(name, bpda)
+        image_steps = b * s.adv_replicates * k * (1 + 2 * s.spsa_samples)
         seconds = median_seconds(
-            lambda fn=fn: [t.numpy() for t in tf.nest.flatten(fn())], 3
+            lambda fn=fn: [t.numpy() for t in tf.nest.flatten(fn())],
+            flags.FLAGS.repeats,
         )
-        out[name] = dict(seconds=seconds, image_steps_per_second=image_steps / seconds)
+        out[name] = dict(
+            seconds=seconds,
+            image_steps=image_steps,
+            image_steps_per_second=image_steps / seconds,
+        )
         print(
             f"{name:>18}: {seconds:7.2f} s, {image_steps / seconds:9.0f} image-steps/s"
         )
@@ -93,8 +106,8 @@ def speed(config, workdir):
     # everywhere, so the exact gradient through the purification should be
     # the straight-through one. Same seed, same loss (cross-entropy).
     same_loss = report.settings_of(config, grad_steps=k)
-    _, g_full = attack.eot_logits_and_grad(d, x, y, same_loss, seed)
-    _, g_bpda = attack.eot_logits_and_grad(d, x, y, bpda, seed)
+    _, g_full = gradients.eot_logits_and_grad(d, x, y, same_loss, seed)
+    _, g_bpda = gradients.eot_logits_and_grad(d, x, y, bpda, seed)
     out["full_vs_bpda_gradient_max_relative_difference"] = float(
         tf.reduce_max(tf.abs(g_full - g_bpda)) / tf.reduce_max(tf.abs(g_bpda))
     )
@@ -106,10 +119,18 @@ def speed(config, workdir):
     out["bpda_over_core"] = (
         out["bpda_eot_gradient"]["image_steps_per_second"] / core_rate
     )
-    out["full_gradient_overhead"] = (
-        out["full_gradient"]["seconds"] / out["bpda_eot_gradient"]["seconds"]
+    for name in ("full_gradient", "surrogate", "spsa"):
+        out[f"{name}_overhead"] = (
+            out[name]["seconds"] / out["bpda_eot_gradient"]["seconds"]
+        )
+    out.update(
+        chains=b * h,
+        k_def=k,
+        segment=gradients.segment_length(k),
+        beta=flags.FLAGS.beta,
+        spsa_samples=spsa.spsa_samples,
+        spsa_replicates=spsa.adv_replicates,
     )
-    out.update(chains=b * h, k_def=k, segment=attack.segment_length(k))
     return out
 
 
@@ -120,7 +141,7 @@ def memory(config, workdir, k_defs):
     segment (every step on the tape), beside the BPDA step's."""
     import tensorflow as tf
 
-    from keras_ebm.defense import attack, report
+    from keras_ebm.defense import gradients, report
 
     model, classifier, images, labels = load(config, workdir)
     n = flags.FLAGS.memory_images
@@ -129,13 +150,13 @@ def memory(config, workdir, k_defs):
     cases = []
     for k in k_defs:
         d = report.defended_classifier(config, model, classifier, k)
-        for segment in (None, attack.segment_length(k), k):
+        for segment in (None, gradients.segment_length(k), k):
             if segment is None:  # BPDA: nothing of the chain on a tape
                 s = report.settings_of(config)
             else:
                 s = report.settings_of(config, grad_steps=k, checkpoint_every=segment)
             step = tf.function(
-                lambda d=d, s=s: attack.eot_logits_and_grad(d, x, y, s, seed)
+                lambda d=d, s=s: gradients.eot_logits_and_grad(d, x, y, s, seed)
             )
             step()  # trace outside the measurement
             tf.config.experimental.reset_memory_stats("CPU:0")

@@ -59,9 +59,9 @@ def main(argv):
     plain = report.purify.DefendedClassifier(model, classifier, 0)
     tf.random.set_seed(config.attack.seed)
     eta0 = attack.random_start(x, settings)
-    _, _, _, x_adv = attack.batch_attack(plain, settings)(
+    x_adv = attack.batch_attack(plain, settings)(
         x, y, eta0, tf.constant([config.attack.seed, 0])
-    )
+    ).x_adv
     undefended_adv = float(np.mean(np.argmax(classifier(x_adv), -1) == labels))
     radius = 2 * config.attack.eps
     h_def = config.attack.def_replicates

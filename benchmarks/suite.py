@@ -37,7 +37,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from keras_ebm import networks, run  # noqa: E402
-from keras_ebm.defense import attack, purify  # noqa: E402
+from keras_ebm.defense import attack, gradients, purify  # noqa: E402
 from keras_ebm.evaluation import fid  # noqa: E402
 from keras_ebm.models import EnergyModel  # noqa: E402
 from keras_ebm.sampling import langevin  # noqa: E402
@@ -251,7 +251,7 @@ def attack_rows(rows, k, repeats):
         eps=0.3, step_size=0.075, num_steps=1, adv_replicates=h, def_replicates=h
     )
     seed = tf.constant([3, 3])
-    lib = tf.function(lambda: attack.eot_logits_and_grad(d, x, y, settings, seed))
+    lib = tf.function(lambda: gradients.eot_logits_and_grad(d, x, y, settings, seed))
 
     @tf.function
     def mini():

@@ -12,7 +12,7 @@ from cleverhans.tf2.attacks.projected_gradient_descent import (
     projected_gradient_descent,
 )
 
-from keras_ebm.defense import attack, purify
+from keras_ebm.defense import attack, gradients, purify
 from keras_ebm.models import EnergyModel
 from tests.linear_nets import (
     HalfSquare,
@@ -86,7 +86,7 @@ def test_attack_logits_are_those_of_k_def_purification_steps(grad_steps):
     s = attack.AttackSettings(
         eps=0.1, step_size=0.1, num_steps=1, adv_replicates=h, grad_steps=grad_steps
     )
-    logits, _ = attack.eot_logits_and_grad(
+    logits, _ = gradients.eot_logits_and_grad(
         d, x, tf.zeros(3000, tf.int32), s, tf.constant([1, 2])
     )
     ck, v = gaussian_law(k, 0.3, 0.5)
@@ -116,7 +116,7 @@ def test_verification_takes_h_def_replicates_and_the_attack_h_adv():
         def_replicates=16,
         random_start=False,
     )
-    record, correct, _, _ = attack.batch_attack(d, s)(
+    record, correct, *_ = attack.batch_attack(d, s)(
         x, tf.zeros(n, tf.int32), tf.zeros_like(x), tf.constant([3, 0])
     )
     accuracy_near(record.numpy()[0].mean(), stats.norm.cdf(1.0), n)
@@ -181,7 +181,7 @@ def test_without_purification_equals_cleverhans_pgd(norm):
     tf.random.set_seed(11)
     eta0 = attack.random_start(x, s)
     run = attack.batch_attack(defended(clf, num_steps=0), s)
-    record, correct, _, got = run(x, y, eta0, tf.constant([0, 0]))
+    record, correct, _, got, _ = run(x, y, eta0, tf.constant([0, 0]))
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert np.abs(got - x).max() > 0.1  # the attack moved the inputs
     # Deterministic classifier: verification agrees with the attack
@@ -224,7 +224,7 @@ def test_bpda_gradient_is_straight_through_and_grad_steps_exact():
             loss="margin",
             grad_steps=m,
         )
-        _, grad = attack.eot_logits_and_grad(d, x, y, s, tf.constant([4, 5]))
+        _, grad = gradients.eot_logits_and_grad(d, x, y, s, tf.constant([4, 5]))
         # Each replica gets 1/H of the averaged logits' gradient; the sum
         # over replicas is the gradient at the average.
         np.testing.assert_allclose(grad, c ** min(m, 5) * direction, rtol=1e-4)
@@ -251,7 +251,7 @@ def test_verification_decides_and_breaks_stay_broken():
     )
     y = tf.constant([0, 0, 0], tf.int32)
     s = attack.AttackSettings(eps=0.2, step_size=0.1, num_steps=3, random_start=False)
-    record, correct, broken, _ = attack.batch_attack(Split(), s)(
+    record, correct, broken, *_ = attack.batch_attack(Split(), s)(
         x, y, tf.zeros_like(x), tf.constant([0, 0])
     )
     assert not correct.numpy().any()
@@ -387,6 +387,63 @@ def test_worst_case_is_per_image_and_per_seed_over_the_defended_attacks():
     assert worst["robust_accuracy"] == 0.25 and worst["num_images"] == 2
 
 
+def test_fields_added_later_keep_earlier_attacks_named_as_they_were():
+    # Issue 13's attacks were cached under a hash of the fields of then; a
+    # field added since, at its default, must not rename them.
+    import hashlib
+    import json
+
+    s = attack.AttackSettings(eps=0.3, step_size=0.1, num_steps=5, grad_steps=4)
+    then = {k: v for k, v in dataclasses.asdict(s).items() if k not in attack.ADDED}
+    blob = json.dumps(dict(then, seed=1), sort_keys=True)
+    assert (
+        attack.settings_key(s, seed=1) == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    )
+    surrogate = dataclasses.replace(s, surrogate_beta=20.0)
+    assert attack.settings_key(surrogate, seed=1) != attack.settings_key(s, seed=1)
+    assert attack.identity(surrogate)["surrogate_beta"] == 20.0
+    assert attack.AttackSettings(**attack.identity(surrogate)) == surrogate
+
+
+def test_a_cascade_attacks_the_survivors_and_enters_the_worst_case():
+    from keras_ebm.defense import report
+
+    def run(seed, robust, **kw):
+        return dict(seed=seed, per_image_robust=robust, **kw)
+
+    runs = {
+        "bpda_eot": [run(0, [1, 1, 0, 1, 1]), run(1, [1, 1, 1, 1, 1])],
+        "surrogate_b20": [run(0, [1, 0, 1, 1])],  # the first 4 images only
+    }
+    # Seed 0: image 1 broken by the surrogate, 2 by BPDA; image 4 is past
+    # the surrogate's images and BPDA left it. Seed 1: only BPDA ran.
+    np.testing.assert_array_equal(report.survivors(runs, 0, 5), [0, 3, 4])
+    np.testing.assert_array_equal(report.survivors(runs, 1, 3), [0, 1, 2])
+    seen = {}
+
+    def each_seed(name, d, settings, seeds, count=None, images=None, labels=None):
+        seen[seeds[0]] = images
+        return [run(seeds[0], [0, 1, 1])]  # broke the first survivor
+
+    planned = report.Planned("spsa", None, (0,), cascade=True)
+    images, labels = np.arange(5) * 10, np.arange(5)
+    (r,) = report.run_planned(planned, None, images, labels, runs, each_seed)
+    np.testing.assert_array_equal(seen[0], [0, 30, 40])
+    assert r["image_indices"] == [0, 3, 4] and r["images_total"] == 5
+    np.testing.assert_array_equal(report.per_image(r), [0, 0, 0, 1, 1])
+    runs["spsa"] = [r]
+    worst = report.worst_case(runs)
+    # Seed 0 over the 4 images every attack covered: image 3 alone.
+    assert [w["seed"] for w in worst["per_seed"]] == [0]
+    assert worst["robust_accuracy"] == 0.25 and worst["num_images"] == 4
+    # Nothing left to attack: no run, and the worst case is not held back.
+    runs["bpda_eot"][0]["per_image_robust"] = [0, 0, 0, 0, 0]
+    assert report.run_planned(planned, None, images, labels, runs, each_seed) == []
+    del runs["spsa"]
+    runs["spsa"] = [run(2, [1], image_indices=[0], images_total=5)]
+    assert report.worst_case(runs)["per_seed"][0]["robust_accuracy"] == 0.0
+
+
 class TanhEnergy(keras.Model):
     """A small smooth energy: its Hessian is not zero, so the exact gradient
     through Langevin differs from the straight-through one."""
@@ -416,7 +473,7 @@ def plain_exact_grad(d, x, y, s, seed):
         states = d.purify(states, seed, num_steps=m, first_step=k - m)
         out = d.classifier(states)
         logits = tf.reduce_mean(tf.reshape(out, (-1, h, out.shape[-1])), axis=1)
-        loss = attack.attack_loss(logits, y, s.loss)
+        loss = gradients.attack_loss(logits, y, s.loss)
     grad = tape.gradient(loss, x_rep)
     return logits, tf.reduce_sum(tf.reshape(grad, (-1, h, x.shape[-1])), axis=1)
 
@@ -435,12 +492,12 @@ def test_checkpointed_gradient_equals_the_plain_exact_gradient(grad_steps, segme
         grad_steps=grad_steps,
         checkpoint_every=segment,
     )
-    logits, grad = attack.eot_logits_and_grad(d, x, y, s, seed)
+    logits, grad = gradients.eot_logits_and_grad(d, x, y, s, seed)
     want_logits, want = plain_exact_grad(d, x, y, s, seed)
     np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
     # The smooth energy bends the gradient: BPDA would be visibly wrong.
-    _, bpda = attack.eot_logits_and_grad(
+    _, bpda = gradients.eot_logits_and_grad(
         d, x, y, dataclasses.replace(s, grad_steps=0), seed
     )
     assert np.abs(bpda - want).max() > 1e-2 * np.abs(want).max()
@@ -463,19 +520,23 @@ def test_full_gradient_over_many_steps_in_closed_form():
         loss="margin",
         grad_steps=k,
     )
-    assert attack.segment_length(k) == 15
-    _, grad = attack.eot_logits_and_grad(d, x, y, s, tf.constant([1, 2]))
+    assert gradients.segment_length(k) == 15
+    _, grad = gradients.eot_logits_and_grad(d, x, y, s, tf.constant([1, 2]))
     np.testing.assert_allclose(grad, c**k * direction, rtol=1e-4)
     assert 0.3 < c**k < 0.4
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])
-def test_through_a_relu_energy_the_full_gradient_is_the_bpda_gradient(activation):
+def test_through_a_relu_energy_the_pathwise_gradient_is_the_bpda_gradient(activation):
     # A ReLU network's energy is piecewise linear in x: its Hessian is zero
     # almost everywhere, so every Langevin step's Jacobian is the identity
-    # and the exact gradient through the purification is straight-through.
-    # (The reference's EBMs, and ours by default, are such networks.) The
-    # same network with a smooth activation bends the gradient.
+    # and the exact gradient along each noise path is straight-through.
+    # (The reference's SNGAN EBMs, and ours by default, are such networks;
+    # ebm_biggan is not: its attention has a softmax.) This says nothing of
+    # the gradient of the expected loss, which the noise smooths into a
+    # contraction that no pathwise gradient sees (gradients_test,
+    # attack_unit_test). The same network with a smooth activation bends
+    # even the pathwise gradient.
     from keras_ebm import networks
 
     keras.utils.set_random_seed(0)
@@ -495,8 +556,8 @@ def test_through_a_relu_energy_the_full_gradient_is_the_bpda_gradient(activation
     seed = tf.constant([3, 4])
     purified = d.purify(tf.repeat(x, 2, axis=0), seed)
     assert float(tf.reduce_max(tf.abs(purified - tf.repeat(x, 2, axis=0)))) > 0.1
-    _, full = attack.eot_logits_and_grad(d, x, y, s, seed)
-    _, bpda = attack.eot_logits_and_grad(
+    _, full = gradients.eot_logits_and_grad(d, x, y, s, seed)
+    _, bpda = gradients.eot_logits_and_grad(
         d, x, y, dataclasses.replace(s, grad_steps=0), seed
     )
     if activation == "relu":

@@ -80,6 +80,90 @@ def test_evaluate_runs_the_attacks_and_writes_the_report(smoke_runs):
 
 
 @pytest.mark.slow
+def test_surrogate_spsa_and_the_gradient_check_in_the_report(smoke_runs, capsys):
+    root, c = smoke_runs
+    c = c.copy_and_resolve_references()
+    c.attack.update(
+        k_def_curve=(),
+        num_seeds=1,
+        surrogate=True,
+        surrogate_betas=(5.0, 50.0),
+        surrogate_loss="margin",
+        spsa=True,
+        spsa_samples=3,
+        spsa_delta=0.02,
+        spsa_replicates=1,
+        spsa_num_steps=1,
+        spsa_images=4,
+        spsa_cascade=True,
+        spsa_momentum=0.5,
+        gradient_check_images=1,
+        gradient_check_replicates=2,
+        gradient_check_draws=2,
+        report_name="beyond_bpda",
+    )
+    results = run.evaluate(c, str(root / "mid"))
+    attacks = results["attacks"]
+    assert list(attacks) == [
+        "undefended",
+        "bpda_eot",
+        "surrogate_b5",
+        "surrogate_b50",
+        "spsa",
+    ]
+    how = {k: (r["estimator"], r["loss"]) for k, r in attacks.items()}
+    assert how == {
+        "undefended": ("bpda", "ce"),
+        "bpda_eot": ("bpda", "ce"),
+        "surrogate_b5": ("surrogate", "margin"),
+        "surrogate_b50": ("surrogate", "margin"),
+        "spsa": ("spsa", "margin"),
+    }
+    for name, beta in (("surrogate_b5", 5.0), ("surrogate_b50", 50.0)):
+        s = attacks[name]["settings"]
+        assert s["surrogate_beta"] == beta and s["grad_steps"] == c.defense.num_steps
+    s = attacks["spsa"]["settings"]
+    assert (s["spsa_samples"], s["adv_replicates"], s["num_steps"]) == (3, 1, 1)
+    assert s["momentum"] == 0.5
+    assert s["spsa_delta"] == pytest.approx(2 * 0.02)  # pixel units, doubled
+    # SPSA attacked those of the first 4 images that BPDA+EOT and both
+    # surrogates left (cascade), and the worst case counts it.
+    assert attacks["spsa"]["cascade_of"] == [4]
+    n_spsa = attacks["spsa"]["num_images"]
+    assert 1 <= n_spsa <= 4
+    w = results["worst_case"]
+    assert w["attacks"] == ["bpda_eot", "surrogate_b5", "surrogate_b50", "spsa"]
+    assert w["num_images"] == 4  # the images every attack covered
+    assert "spsa" not in results["disjoint"]  # its interval is over survivors
+    check = results["gradient_check"]
+    assert set(check["estimators"]) == {
+        "bpda_eot",
+        "surrogate_b5",
+        "surrogate_b50",
+        "spsa",
+    }
+    assert (check["points"], check["replicates"], check["loss"]) == (1, 2, "margin")
+    assert check["delta"] == pytest.approx(2 * c.attack.gradient_check_delta)
+    for r in check["estimators"].values():
+        assert len(r["cos_one_draw"]) == 1 and -1 <= r["cos_mean"][0] <= 1
+    cached = list((root / "mid" / "eval" / "attack").glob("gradient_check_*.json"))
+    assert len(cached) == 1
+    printed = capsys.readouterr().out
+    assert "surrogate, margin" in printed and "gradient check at 1 points" in printed
+    again = run.evaluate(c, str(root / "mid"))  # every result read back
+    assert again["gradient_check"] == check
+    # The check's costly reference is cached apart: checking again (here
+    # after its summary is gone) reads it back and gives the same figures.
+    for path in cached:
+        path.unlink()
+    assert run.evaluate(c, str(root / "mid"))["gradient_check"] == check
+    assert (
+        again["attacks"]["spsa"]["robust_accuracy"]
+        == attacks["spsa"]["robust_accuracy"]
+    )
+
+
+@pytest.mark.slow
 def test_export_defended_with_every_kind_of_classifier(smoke_runs, tmp_path):
     # A classifier-regime run, a .keras file, a SavedModel with a `logits`
     # endpoint and one with only `serving_default`: each is exported inside
@@ -110,6 +194,23 @@ def test_export_defended_with_every_kind_of_classifier(smoke_runs, tmp_path):
             loaded.classify(tf.constant(x)), want, rtol=1e-5, atol=1e-5, err_msg=kind
         )
         assert loaded.predict(tf.constant(x), tf.constant(2)).shape == (5, 10)
+    # SPSA needs only `predict`: it runs against the export read back, with
+    # the same verification as against the library's defended classifier.
+    from keras_ebm.defense import attack, purify, report
+
+    exported = purify.ExportedDefense(path)
+    assert exported.num_steps == c.defense.num_steps
+    images, labels = report.test_set(c)
+    s = attack.AttackSettings(
+        eps=0.3, step_size=0.1, num_steps=1, spsa_samples=2, spsa_delta=0.05
+    )
+    r = attack.evaluate(
+        exported, images[:4], labels[:4], s, str(tmp_path / "spsa"), batch_size=4
+    )
+    assert r["num_images"] == 4 and len(r["curve"]) == 3
+    assert r["langevin_image_steps"] >= c.defense.num_steps * 4 * (1 + 2 * 2) * 2
+    with pytest.raises(ValueError, match="against an export, attack with SPSA"):
+        attack.batch_attack(exported, report.settings_of(c))
 
 
 def test_classifier_from_a_savedmodel(tmp_path):

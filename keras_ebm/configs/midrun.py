@@ -85,6 +85,45 @@ def get_config(arg="digits"):
             adaptive_loss="margin",
             adaptive_seeds=1,
             adaptive_images=0,  # the first so many images; 0 = all
+            # Attacks that do not trust the EBM's own gradient (a ReLU EBM's
+            # pathwise gradient is BPDA's whatever it differentiates). The
+            # surrogate: the true purification forward, the exact
+            # checkpointed backward through the EBM's smooth twin (ReLU as
+            # softplus(beta z)/beta) at the true chain states, one attack per
+            # beta. SPSA: gradient-free, N pairs of Rademacher perturbations
+            # of size spsa_delta (pixel units, as eps) per image and step,
+            # each pair with common purification noise; spsa_replicates and
+            # spsa_num_steps 0 = adv_replicates and num_steps.
+            surrogate=False,
+            surrogate_betas=(20.0,),
+            surrogate_loss="ce",
+            surrogate_seeds=1,
+            surrogate_images=0,
+            spsa=False,
+            spsa_samples=32,
+            spsa_delta=0.01,
+            spsa_replicates=0,
+            spsa_num_steps=0,
+            spsa_loss="margin",
+            spsa_momentum=0.0,  # MI-FGSM accumulation of the estimates
+            spsa_seeds=1,
+            spsa_images=0,
+            # SPSA on the images every other defended attack left standing
+            # with the same seed (AutoAttack's cascade): the same worst
+            # case at the survivors' cost; its own row is over them.
+            spsa_cascade=False,
+            # Gradient quality: at the first gradient_check_images images
+            # plus a random start in the ball (PGD's first iterate), each
+            # attack's gradient of gradient_check_loss against central
+            # differences of the expected loss along every pixel
+            # (gradient_check_replicates purifications per point, common
+            # noise per pair, step gradient_check_delta in pixel units), one
+            # draw and the mean of gradient_check_draws. 0 images = off.
+            gradient_check_images=0,
+            gradient_check_loss="margin",
+            gradient_check_replicates=64,
+            gradient_check_delta=0.05,
+            gradient_check_draws=4,
             report_name="",  # the report goes to eval/attack/<report_name>
         )
     )

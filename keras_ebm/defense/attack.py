@@ -5,17 +5,13 @@ classifier `F(x) = argmax_c (1/H) sum_h f(T_h(x))_c`:
 
 - EOT: each PGD step purifies `H_adv` replicates of the current image and
   ascends the loss of the replicate-averaged logits,
-  `L(x) = CE(y, (1/H_adv) sum_h f(T_h(x)))` (the paper's eq. 8);
-- BPDA: purification `T` is taken as the identity in the backward pass, so
-  `dL/dx = sum_h dL/dT_h(x)` (straight-through). With `grad_steps = m > 0`
-  the last m Langevin steps are differentiated exactly instead, and with
-  m = K_def the whole purification: the full-gradient attack (BPDA alone has
-  been criticized as too weak for purifiers; Du, Hill & Cai 2026, MEFA).
-  The exact part is checkpointed: the chain is kept every S ~ sqrt(m)
-  steps, and the backward pass recomputes one segment at a time with the
-  very noise of the forward pass, so memory grows with sqrt(m), not m.
-  `loss="margin"` ascends `max_{c != y} z_c - z_y` instead of the
-  cross-entropy;
+  `L(x) = CE(y, (1/H_adv) sum_h f(T_h(x)))` (the paper's eq. 8), or the
+  margin `max_{c != y} z_c - z_y` (`loss="margin"`);
+- the gradient (`keras_ebm.defense.gradients`): BPDA (straight through the
+  purification, the reference), exact through the last `grad_steps`
+  Langevin steps (all K_def: the full gradient, MEFA), the same through the
+  EBM's smooth twin (`surrogate_beta`), or SPSA from the defended logits
+  alone (`spsa_samples`);
 - the record is monotone per image, as the reference's `attack.py`: row 0
   verifies every natural image with `H_def` replicates; at each of the
   `num_steps + 1` PGD iterates an image whose `H_adv` replicates are
@@ -32,12 +28,14 @@ import hashlib
 import json
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.utils import clip_eta, optimize_linear, random_lp_vector
 
 from keras_ebm import files, interrupt
+from keras_ebm.defense import gradients
 
 NORMS = {"linf": np.inf, "l2": 2}
 LOSSES = ("ce", "margin")
@@ -57,10 +55,18 @@ class AttackSettings:
         def_replicates: H_def, replicates per verification.
         random_start: start uniformly in the ball (cleverhans' draw).
         loss: "ce" (the reference) or "margin".
-        grad_steps: last Langevin steps differentiated exactly (0 = BPDA;
+        grad_steps: last Langevin steps differentiated (0 = BPDA;
             K_def or more = the full gradient).
-        checkpoint_every: segment length S of the exact part's
+        checkpoint_every: segment length S of the differentiated part's
             checkpoints; 0 = ceil(sqrt(grad_steps)).
+        surrogate_beta: 0 = the `grad_steps` steps differentiated exactly;
+            > 0 = through the EBM's smooth twin (ReLU as
+            softplus(beta z)/beta) at the true chain states.
+        spsa_samples: 0 = a pathwise gradient (the fields above); N > 0 =
+            the SPSA estimate from N pairs of Rademacher perturbations.
+        spsa_delta: SPSA's perturbation size (image units).
+        momentum: PGD steps along MI-FGSM's accumulated direction
+            (`accumulate`); 0 = plain PGD.
     """
 
     eps: float
@@ -73,6 +79,10 @@ class AttackSettings:
     loss: str = "ce"
     grad_steps: int = 0
     checkpoint_every: int = 0
+    surrogate_beta: float = 0.0
+    spsa_samples: int = 0
+    spsa_delta: float = 0.0
+    momentum: float = 0.0
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -87,118 +97,43 @@ class AttackSettings:
             raise ValueError("num_steps, grad_steps and checkpoint_every must be >= 0")
         if self.adv_replicates < 1 or self.def_replicates < 1:
             raise ValueError("adv_replicates and def_replicates must be >= 1")
+        if self.surrogate_beta < 0 or (self.surrogate_beta and not self.grad_steps):
+            raise ValueError(
+                "surrogate_beta must be >= 0, and > 0 only with grad_steps > 0 "
+                f"(the steps it differentiates), got {self.surrogate_beta}"
+            )
+        if self.spsa_samples < 0:
+            raise ValueError(f"spsa_samples must be >= 0, got {self.spsa_samples}")
+        if self.spsa_samples and (self.grad_steps or self.surrogate_beta):
+            raise ValueError("SPSA uses no gradient: grad_steps and surrogate_beta 0")
+        if self.spsa_samples and not self.spsa_delta > 0:
+            raise ValueError(f"SPSA needs spsa_delta > 0, got {self.spsa_delta}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"need 0 <= momentum < 1, got {self.momentum}")
+
+    @property
+    def estimator(self):
+        """What the gradient is: bpda, exact, surrogate or spsa."""
+        if self.spsa_samples:
+            return "spsa"
+        if not self.grad_steps:
+            return "bpda"
+        return "surrogate" if self.surrogate_beta else "exact"
 
 
 def _fold(seed, i):
     return tf.random.experimental.stateless_fold_in(seed, i)
 
 
-def attack_loss(logits, labels, kind):
-    """Per-image loss the attacker ascends: `CE(y, z)` or the margin
-    `max_{c != y} z_c - z_y`."""
-    if kind == "ce":
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    true = tf.gather(logits, labels, batch_dims=1)
-    others = logits - 1e9 * tf.one_hot(labels, tf.shape(logits)[-1])
-    return tf.reduce_max(others, axis=-1) - true
-
-
-def segment_length(num_steps, checkpoint_every=0):
-    """S: the checkpoint spacing of an exact gradient through `num_steps`
-    Langevin steps (`checkpoint_every`, or ceil(sqrt(num_steps)), which
-    minimizes the number of checkpoints plus the length of one segment)."""
-    if checkpoint_every > 0:
-        return int(checkpoint_every)
-    return max(1, int(np.ceil(np.sqrt(num_steps))))
-
-
-def checkpointed_vjp(step_fn, x, num_steps, segment, loss_fn):
-    """`(loss_fn(x_m), d sum(loss_fn(x_m)) / dx)` for the chain
-    `x_{i+S} = step_fn(x_i, i, S)` of `num_steps` = m steps, exactly, in
-    memory O(m / S + S) chain states instead of O(m).
-
-    Forward: run the chain without a tape and keep `x_0, x_S, x_2S, ...`.
-    Backward: for each segment, last first, re-run it from its checkpoint
-    under a tape and pull the gradient back through it (the vector-Jacobian
-    product of the segment, second order through the Langevin drift).
-    `step_fn(x, first, n)` must be a deterministic function of its
-    arguments (stateless noise of steps `first .. first + n - 1`), so the
-    recomputed segment is the forward one.
-
-    Returns:
-        `(value, grad)`: `loss_fn` of the last state (any structure, e.g.
-        `(per-image loss, logits)`; the gradient is taken of its first
-        element's sum) and the gradient with respect to `x`.
-    """
-    num_segments = -(-num_steps // segment)
-
-    def length(j):
-        return tf.minimum(segment, num_steps - j * segment)
-
-    checkpoints = tf.TensorArray(x.dtype, size=num_segments, element_shape=x.shape)
-
-    def forward(j, x, checkpoints):
-        checkpoints = checkpoints.write(j, x)
-        return j + 1, step_fn(x, j * segment, length(j)), checkpoints
-
-    _, x_last, checkpoints = tf.while_loop(
-        lambda j, *_: j < num_segments,
-        forward,
-        (tf.constant(0), x, checkpoints),
-    )
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(x_last)
-        value = loss_fn(x_last)
-        total = tf.reduce_sum(value[0])
-    grad = tape.gradient(total, x_last)
-
-    def backward(j, grad):
-        x_j = checkpoints.read(j)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(x_j)
-            x_next = step_fn(x_j, j * segment, length(j))
-        return j - 1, tape.gradient(x_next, x_j, output_gradients=grad)
-
-    _, grad = tf.while_loop(
-        lambda j, _: j >= 0, backward, (tf.constant(num_segments - 1), grad)
-    )
-    return value, grad
-
-
-def eot_logits_and_grad(defended, x, labels, settings, seed):
-    """Replicate-averaged logits `[B, classes]` of `f(T(x))` over H_adv
-    replicates, and the attack gradient `dL/dx`: BPDA (straight through)
-    for the first `K_def - m` Langevin steps, exact (checkpointed) for the
-    last m = `grad_steps`; all K_def steps form one chain drawn from
-    `seed`, whatever m, so the purification is the same for every m."""
-    h = settings.adv_replicates
-    k = int(defended.num_steps)
-    m = min(settings.grad_steps, k)
-    x_rep = tf.repeat(x, h, axis=0)
-
-    def loss_fn(states):
-        out = defended.classifier(states, training=False)
-        logits = tf.reduce_mean(tf.reshape(out, (-1, h, tf.shape(out)[-1])), axis=1)
-        return attack_loss(logits, labels, settings.loss), logits
-
-    def steps(states, first, n):
-        return defended.purify(states, seed, num_steps=n, first_step=first)
-
-    # The BPDA part runs outside any tape: its gradient is the identity, and
-    # nothing of it is kept, so memory does not grow with K_def - m.
-    head = defended.purify(x_rep, seed, num_steps=k - m) if k - m else x_rep
-    if m:
-        segment = segment_length(m, settings.checkpoint_every)
-        (_, logits), grad = checkpointed_vjp(
-            lambda s, first, n: steps(s, k - m + first, n), head, m, segment, loss_fn
-        )
-    else:
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(head)
-            loss, logits = loss_fn(head)
-        grad = tape.gradient(loss, head)
-    grad = tf.reduce_sum(tf.reshape(grad, (-1, h) + tuple(x.shape[1:])), axis=1)
-    return logits, grad
+def accumulate(velocity, grad, momentum):
+    """MI-FGSM's accumulated direction (Dong et al. 2018),
+    `v <- momentum v + g / mean|g|` per image: with momentum 0 the step is
+    plain PGD's (the normalization changes no sign or l2 direction); with
+    momentum > 0 noisy estimates (SPSA's) average over steps, as Adam does
+    in Uesato et al.'s SPSA."""
+    axes = tuple(range(1, len(grad.shape)))
+    scale = tf.reduce_mean(tf.abs(grad), axis=axes, keepdims=True)
+    return momentum * velocity + grad / tf.maximum(scale, 1e-12)
 
 
 def pgd_step(x_adv, grad, x, settings):
@@ -222,17 +157,39 @@ def random_start(x, settings):
     return clip_eta(eta, norm, settings.eps)
 
 
+class BatchResult(NamedTuple):
+    """What `batch_attack` returns for one batch of B images.
+
+    Attributes:
+        record: `[num_steps + 2, B]` bool, the monotone defended record.
+        adv_correct: `[num_steps + 1, B]` bool, whether the H_adv replicates
+            classified each PGD iterate correctly.
+        x_broken: each image's first verified-broken iterate (the natural
+            image where none broke it).
+        x_adv: the last PGD iterate.
+        nonfinite: how many image-gradients were not finite (each replaced
+            by zero: that image does not move at that step).
+    """
+
+    record: tf.Tensor
+    adv_correct: tf.Tensor
+    x_broken: tf.Tensor
+    x_adv: tf.Tensor
+    nonfinite: tf.Tensor
+
+
 def batch_attack(defended, settings, on_step=None):
     """A compiled attack on one batch.
 
-    Returns `run(x, labels, eta0, seed)` -> `(record [num_steps + 2, B] bool,
-    adv_correct [num_steps + 1, B] bool, x_broken [B, ...], x_adv)`: the
-    monotone defended record, whether the H_adv replicates classified each
-    PGD iterate correctly, each image's first verified-broken iterate (the
-    natural image where none broke it), and the last PGD iterate.
+    Returns `run(x, labels, eta0, seed)` -> `BatchResult`.
     `on_step(iterate, accuracy)`, if given, is called from inside the
     compiled loop after each iterate (a progress bar on long batches).
     """
+    if getattr(defended, "gradient_free_only", False) and not settings.spsa_samples:
+        raise ValueError(
+            f"a {settings.estimator} attack needs the EBM itself; against an "
+            "export, attack with SPSA (spsa_samples > 0)"
+        )
     h_def = settings.def_replicates
 
     def verify(x, labels, seed):
@@ -249,11 +206,16 @@ def batch_attack(defended, settings, on_step=None):
         adv_correct = tf.TensorArray(tf.bool, size=n + 1)
         x_adv = tf.clip_by_value(x + eta0, -1.0, 1.0)
         x_broken = x
+        nonfinite = tf.constant(0)
+        velocity = tf.zeros_like(x)
         for i in tf.range(n + 1):
             step_seed = _fold(seed, i + 1)
-            logits, grad = eot_logits_and_grad(
+            logits, grad = gradients.logits_and_grad(
                 defended, x_adv, labels, settings, _fold(step_seed, 0)
             )
+            grad, bad = _finite_or_zero(grad)
+            nonfinite += bad
+            velocity = accumulate(velocity, grad, settings.momentum)
             correct = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
             rows = tf.where(tf.logical_and(tf.logical_not(correct), defended_now))
             if tf.size(rows) > 0:
@@ -283,10 +245,24 @@ def batch_attack(defended, settings, on_step=None):
             # The update after the last evaluation is discarded (as the
             # reference), so x_adv ends as the num_steps-th PGD iterate.
             if i < n:
-                x_adv = pgd_step(x_adv, grad, x, settings)
-        return record.stack(), adv_correct.stack(), x_broken, x_adv
+                x_adv = pgd_step(x_adv, velocity, x, settings)
+        return BatchResult(
+            record.stack(), adv_correct.stack(), x_broken, x_adv, nonfinite
+        )
 
     return run
+
+
+def _finite_or_zero(grad):
+    """`grad` with each image's gradient replaced by zero where any entry
+    is not finite (a surrogate's product of step Jacobians can overflow),
+    and how many were."""
+    axes = tuple(range(1, len(grad.shape)))
+    ok = tf.reduce_all(tf.math.is_finite(grad), axis=axes)
+    mask = tf.reshape(ok, (-1,) + (1,) * len(axes))
+    return tf.where(mask, grad, tf.zeros_like(grad)), tf.reduce_sum(
+        tf.cast(tf.logical_not(ok), tf.int32)
+    )
 
 
 def _hook(on_step):
@@ -308,9 +284,22 @@ def proportion_ci(successes, n, level=0.95):
     return float(ci.low), float(ci.high)
 
 
+def identity(settings):
+    """The settings that name an attack: every field, except those at
+    their default that a later version added (`ADDED`), so that adding a
+    field keeps the finished attacks of earlier versions valid."""
+    values = dataclasses.asdict(settings)
+    defaults = {f.name: f.default for f in dataclasses.fields(AttackSettings)}
+    return {k: v for k, v in values.items() if k not in ADDED or v != defaults[k]}
+
+
+# Fields added after attacks had been cached (issue 24).
+ADDED = ("surrogate_beta", "spsa_samples", "spsa_delta", "momentum")
+
+
 def settings_key(settings, **extra):
     """A short hash of everything that changes an attack's result."""
-    blob = json.dumps(dict(dataclasses.asdict(settings), **extra), sort_keys=True)
+    blob = json.dumps(dict(identity(settings), **extra), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -371,7 +360,7 @@ def evaluate(
     # Batches depend on their index only, so runs over a prefix of the same
     # images share a folder (the K_def curve reuses the main attack's).
     meta = dict(
-        settings=dataclasses.asdict(settings),
+        settings=identity(settings),
         num_steps_defense=int(defended.num_steps),
         batch_size=batch_size,
         seed=seed,
@@ -398,7 +387,7 @@ def evaluate(
     run = batch_attack(defended, settings, step_hook)
     starts = range(0, len(images), batch_size)
     records, corrects, times = [], [], []
-    steps = 0
+    steps = nonfinite = 0
     for b, start in enumerate(starts):
         count = min(batch_size, len(images) - start)
         x_np = np.asarray(images[start : start + batch_size], np.float32)
@@ -420,7 +409,7 @@ def evaluate(
             tf.random.set_seed(None)
             t0 = time.perf_counter()
             try:
-                record, correct, broken, _ = run(x, y, eta0, tf.constant([seed, b]))
+                result = run(x, y, eta0, tf.constant([seed, b]))
             except tf.errors.OpError:
                 if interrupt.requested():
                     raise interrupt.stop(
@@ -431,9 +420,10 @@ def evaluate(
                     ) from None
                 raise
             saved = dict(
-                record=record.numpy(),
-                adv_correct=correct.numpy(),
-                broken=broken.numpy(),
+                record=result.record.numpy(),
+                adv_correct=result.adv_correct.numpy(),
+                broken=result.x_broken.numpy(),
+                nonfinite=result.nonfinite.numpy(),
                 seconds=time.perf_counter() - t0,
             )
             files.atomic_write(
@@ -447,6 +437,7 @@ def evaluate(
         records.append(saved["record"])
         corrects.append(saved["adv_correct"])
         times.append(float(saved["seconds"]))
+        nonfinite += int(saved.get("nonfinite", 0))
         steps += purification_image_steps(
             saved["record"], saved["adv_correct"], settings, defended.num_steps
         )
@@ -486,6 +477,7 @@ def evaluate(
         seconds=sum(times),
         seconds_per_attack_step=per_step,
         langevin_image_steps=steps,
+        nonfinite_gradients=nonfinite,
         per_image_robust=record[-1].astype(int).tolist(),
         seed=seed,
     )
@@ -493,13 +485,14 @@ def evaluate(
 
 def purification_image_steps(record, adv_correct, settings, k_def):
     """Langevin image-steps of the forward purifications of one batch:
-    K_def x (H_adv x B per PGD evaluation + H_def per verified image), where
-    every natural image is verified and, at iterate i, each still-defended
-    image whose H_adv replicates were wrong (row i of the record holds the
-    images defended before iterate i)."""
+    K_def x (H_adv x B x (1 + 2N) per PGD evaluation, N the SPSA pairs (0
+    for a gradient), + H_def per verified image), where every natural image
+    is verified and, at iterate i, each still-defended image whose H_adv
+    replicates were wrong (row i of the record holds the images defended
+    before iterate i)."""
     b = record.shape[1]
     verified = b + int(np.sum(np.logical_and(~adv_correct, record[:-1])))
-    evaluations = b * adv_correct.shape[0]
+    evaluations = b * adv_correct.shape[0] * (1 + 2 * settings.spsa_samples)
     return int(k_def) * (
         settings.adv_replicates * evaluations + settings.def_replicates * verified
     )

@@ -19,25 +19,26 @@ def _plt():
 
 def write_steps(out, attacks):
     """Accuracy over attack steps (mean over seeds): row 0 natural, row
-    i + 1 after i PGD steps (the monotone record)."""
+    i + 1 after i PGD steps (the monotone record); empty past an attack's
+    last step (attacks may take different numbers of steps)."""
     names = list(attacks)
     rows = max(len(attacks[n]["curve"]) for n in names)
+
+    def cell(curve, i):
+        return f"{curve[i]:.6f}" if i < len(curve) else ""
+
     with open(os.path.join(out, "accuracy_over_steps.csv"), "w") as f:
         f.write("attack_step," + ",".join(names) + "\n")
         for i in range(rows):
             label = "natural" if i == 0 else str(i - 1)
-            f.write(
-                label
-                + ","
-                + ",".join(f"{attacks[n]['curve'][i]:.6f}" for n in names)
-                + "\n"
-            )
+            values = [cell(attacks[n]["curve"], i) for n in names]
+            f.write(label + "," + ",".join(values) + "\n")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for n in names:
         seeds = len(attacks[n]["seeds"])
         ax.plot(
-            np.arange(-1, rows - 1),
+            np.arange(-1, len(attacks[n]["curve"]) - 1),
             attacks[n]["curve"],
             ".-",
             label=f"{n} ({seeds} seed{'s' * (seeds > 1)})",
@@ -140,8 +141,9 @@ def print_results(results):
         f"{results['num_images']} {results['split']} images, seeds {results['seeds']}"
     )
     print(
-        f"{'attack':>16} | {'natural':>14} | {'robust mean +- std':>18} | "
-        f"per-seed robust (95% CI) | last-fifth drop | s/step"
+        f"{'attack':>16} | {'gradient, loss':>16} | {'natural':>14} | "
+        f"{'robust mean +- std':>18} | per-seed robust (95% CI) | "
+        "last-fifth drop | s/step | non-finite"
     )
     for name, r in results["attacks"].items():
         seeds = ", ".join(
@@ -149,10 +151,14 @@ def print_results(results):
             f"{p['robust_ci95'][1]:.3f})"
             for p in r["per_seed"]
         )
+        how = f"{r.get('estimator', '')}, {r.get('loss', '')}"
+        if "cascade_of" in r:
+            name = f"{name} [on {r['num_images']} of {r['cascade_of'][0]}]"
         print(
-            f"{name:>16} | {r['natural_accuracy']:.3f} +- {r['natural_std']:.3f} | "
-            f"{r['robust_accuracy']:.3f} +- {r['robust_std']:.3f} | {seeds} | "
-            f"{r['last_fifth_drop']:.3f} | {r['seconds_per_attack_step']:.2f}"
+            f"{name:>16} | {how:>16} | {r['natural_accuracy']:.3f} +- "
+            f"{r['natural_std']:.3f} | {r['robust_accuracy']:.3f} +- "
+            f"{r['robust_std']:.3f} | {seeds} | {r['last_fifth_drop']:.3f} | "
+            f"{r['seconds_per_attack_step']:.2f} | {r.get('nonfinite_gradients', 0)}"
         )
     w = results["worst_case"]
     if w is not None:
@@ -171,9 +177,44 @@ def print_results(results):
             f"{k} {'yes' if v else 'no'}" for k, v in results["disjoint"].items()
         )
     )
+    check = results.get("gradient_check")
+    if check:
+        print_gradient_check(check)
     for c in results["k_def_curve"]:
         print(
             f"K_def {c['k_def']:>5} {c['attack']:>14}: natural "
             f"{c['natural_accuracy']:.3f}, robust {c['robust_accuracy']:.3f} "
             f"({c['robust_ci95'][0]:.3f}-{c['robust_ci95'][1]:.3f})"
+        )
+
+
+def print_gradient_check(check):
+    """Each attack's gradient against central differences of the expected
+    loss (`gradients.gradient_check`): cosines, the same divided by the
+    reference's own ceiling, and norm ratios; mean and range over the
+    points."""
+
+    def spread(values):
+        v = np.asarray(values)
+        return f"{v.mean():.3f} ({v.min():.3f}-{v.max():.3f})"
+
+    ceiling = np.asarray(check["ceiling"])
+    print(
+        f"\ngradient check at {check['points']} points (images + a random "
+        f"start), loss {check['loss']}: central differences of the expected "
+        f"loss along every pixel, {check['replicates']} purifications per "
+        f"point, delta {check['delta']:g}; the reference's split-half cosine "
+        f"{spread(check['fd_split_half'])}, its ceiling {spread(ceiling)}"
+    )
+    print(
+        f"{'attack':>16} | {'cos, one draw':>22} | "
+        f"{'cos, mean of ' + str(check['draws']):>22} | "
+        f"{'cos / ceiling':>22} | norm ratio"
+    )
+    for name, r in check["estimators"].items():
+        corrected = np.asarray(r["cos_mean"]) / np.maximum(ceiling, 1e-9)
+        print(
+            f"{name:>16} | {spread(r['cos_one_draw']):>22} | "
+            f"{spread(r['cos_mean']):>22} | {spread(corrected):>22} | "
+            f"{spread(r['norm_ratio'])}"
         )

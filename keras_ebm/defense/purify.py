@@ -22,7 +22,8 @@ import tensorflow as tf
 from keras_ebm import export as export_lib
 from keras_ebm import files
 from keras_ebm.errors import ConfigError
-from keras_ebm.sampling import langevin
+from keras_ebm.networks.smooth import smooth_relu
+from keras_ebm.sampling import langevin, surrogate_potential
 
 
 class DefendedClassifier:
@@ -48,16 +49,18 @@ class DefendedClassifier:
         self.temperature = temperature or model.temperature
         self.potential = model.potential_at(self.temperature)
 
-    def purify(self, x, seed, num_steps=None, first_step=0):
+    def purify(self, x, seed, num_steps=None, first_step=0, potential=None):
         """`T(x)`: K_def (or `num_steps`) Langevin steps, noise from `seed`
         `[2]`; 0 steps is the identity (the undefended classifier).
         `first_step` continues a chain cut into segments: steps
-        `first_step, first_step + 1, ...` of the chain of `seed`."""
+        `first_step, first_step + 1, ...` of the chain of `seed`.
+        `potential` replaces the purification potential (a surrogate with
+        the same value and gradient: `surrogate_potential`)."""
         num_steps = self.num_steps if num_steps is None else num_steps
         if isinstance(num_steps, int) and num_steps == 0:
             return x
         x, _ = langevin(
-            self.potential,
+            potential or self.potential,
             x,
             num_steps=num_steps,
             step_size=self.step_size,
@@ -66,6 +69,21 @@ class DefendedClassifier:
             first_step=first_step,
         )
         return x
+
+    def surrogate_potential(self, beta):
+        """The purification potential U with the Hessian of its smooth twin
+        (every ReLU of the EBM, and of the prior, as softplus(beta z)/beta;
+        `sampling.surrogate_potential`): chains under it are the true
+        chains, their gradients the twin's at the true states."""
+        nets = [self.model.energy_net]
+        if getattr(self.model, "prior_net", None) is not None:
+            nets.append(self.model.prior_net)
+
+        def smooth(x):
+            with smooth_relu(nets, beta):
+                return self.potential(x)
+
+        return surrogate_potential(self.potential, smooth)
 
     def settings(self):
         """What the defended classifier computes with, as JSON values."""
@@ -115,6 +133,35 @@ class DefendedClassifier:
         purified = self.purify(tf.repeat(x, h, axis=0), seed, num_steps)
         out = self.classifier(purified, training=False)
         return tf.reduce_mean(tf.reshape(out, (-1, h, tf.shape(out)[-1])), axis=1)
+
+
+class ExportedDefense:
+    """A defended classifier read back from `export_defended`, as much of
+    it as a gradient-free attack needs: `logits(x, num_replicates, seed)`
+    calls the export's `predict` (its noise is its own, fresh at every
+    call: `seed` is ignored), and `num_steps` / `digest()` come from the
+    settings stored beside it. `attack.evaluate` runs SPSA against it
+    (`spsa_samples` > 0); the pathwise attacks need the EBM itself."""
+
+    gradient_free_only = True
+
+    def __init__(self, path):
+        settings = os.path.join(path, "assets.extra", SETTINGS_FILE)
+        if not os.path.isfile(settings):
+            raise ConfigError(
+                f"{path} holds no defended export (no assets.extra/{SETTINGS_FILE}): "
+                "write one with `python evaluate.py --export`"
+            )
+        with open(settings) as f:
+            self.exported = json.load(f)
+        self.loaded = tf.saved_model.load(path)
+        self.num_steps = int(self.exported["k_def"])
+
+    def logits(self, x, num_replicates, seed=None):
+        return self.loaded.predict(x, tf.constant(num_replicates, tf.int32))
+
+    def digest(self):
+        return "export-" + self.exported["defended"]
 
 
 def export_defended(defended, path):

@@ -12,14 +12,16 @@ scalars in the run `<workdir>/tensorboard/eval/attack/<report_name>/
 and seed in `<workdir>/eval/attack/`.
 """
 
+import dataclasses
+import hashlib
 import json
 import os
 import time
 
 import numpy as np
 
-from keras_ebm import data
-from keras_ebm.defense import attack, outputs, purify
+from keras_ebm import data, files
+from keras_ebm.defense import attack, gradients, outputs, purify
 
 
 def settings_of(config, **override):
@@ -158,12 +160,151 @@ def run_attack(
     return result
 
 
+def surrogate_settings(config, k_def, beta):
+    """The surrogate attack at `beta`: every purification step
+    differentiated through the EBM's smooth twin, loss
+    `attack.surrogate_loss`."""
+    a = config.attack
+    return settings_of(
+        config,
+        loss=a.surrogate_loss,
+        grad_steps=k_def,
+        checkpoint_every=a.checkpoint_every,
+        surrogate_beta=float(beta),
+    )
+
+
+def spsa_settings(config):
+    """The gradient-free attack: SPSA with `attack.spsa_samples` pairs of
+    size `spsa_delta` (pixel units, doubled as eps), loss `spsa_loss`."""
+    a = config.attack
+    return settings_of(
+        config,
+        loss=a.spsa_loss,
+        num_steps=a.spsa_num_steps or a.num_steps,
+        adv_replicates=a.spsa_replicates or a.adv_replicates,
+        spsa_samples=a.spsa_samples,
+        spsa_delta=2 * a.spsa_delta,
+        momentum=a.get("spsa_momentum", 0.0),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """One defended attack of a report.
+
+    Attributes:
+        name: its row in the report.
+        settings: `attack.AttackSettings`.
+        seeds: the seeds it runs with.
+        count: the first so many images; None = all.
+        cascade: attack only the images every attack planned before it left
+            standing with the same seed (AutoAttack's order: the worst case
+            is the same, the cost that of the survivors).
+    """
+
+    name: str
+    settings: attack.AttackSettings
+    seeds: tuple
+    count: int = None
+    cascade: bool = False
+
+
+def defended_attacks(config, k_def):
+    """`[Planned]`: every attack on the defended classifier that
+    `config.attack` asks for, in order: BPDA+EOT; the full gradient
+    (`adaptive`); the surrogate at each of `surrogate_betas` (`surrogate`);
+    SPSA (`spsa`; on the survivors of the others with `spsa_cascade`)."""
+    a = config.attack
+    seeds = tuple(attack_seeds(config))
+    plan = [Planned("bpda_eot", settings_of(config), seeds)]
+    if a.adaptive:
+        s = full_gradient_settings(config, k_def)
+        count = a.adaptive_images or None
+        plan.append(
+            Planned(adaptive_name(s, k_def), s, seeds[: a.adaptive_seeds], count)
+        )
+    if a.get("surrogate"):
+        for beta in a.surrogate_betas:
+            plan.append(
+                Planned(
+                    f"surrogate_b{beta:g}",
+                    surrogate_settings(config, k_def, beta),
+                    seeds[: a.surrogate_seeds],
+                    a.surrogate_images or None,
+                )
+            )
+    if a.get("spsa"):
+        plan.append(
+            Planned(
+                "spsa",
+                spsa_settings(config),
+                seeds[: a.spsa_seeds],
+                a.spsa_images or None,
+                cascade=bool(a.get("spsa_cascade", False)),
+            )
+        )
+    return plan
+
+
+def survivors(runs, seed, count):
+    """Indices among the first `count` images that every run of `seed` in
+    `runs` (`{name: [result]}`) left robust (a run over fewer images leaves
+    the images past its end to the others)."""
+    alive = np.ones(count, bool)
+    for results in runs.values():
+        for r in results:
+            if r is not None and r["seed"] == seed:
+                robust = per_image(r)[:count]
+                alive[: len(robust)] &= robust
+    return np.flatnonzero(alive)
+
+
+def per_image(r):
+    """A run's per-image robustness over the images it was given; a
+    cascaded run's images it did not attack count as broken (an earlier
+    attack broke them)."""
+    robust = np.asarray(r["per_image_robust"], bool)
+    if "image_indices" not in r:
+        return robust
+    full = np.zeros(r["images_total"], bool)
+    full[np.asarray(r["image_indices"], int)] = robust
+    return full
+
+
+def run_planned(planned, defended, images, labels, runs, each_seed):
+    """The results of one planned attack, one per seed; a cascaded one
+    attacks each seed's survivors (`survivors`) and records which images
+    they were (`image_indices` of `images_total`); none are left: no run."""
+    count = planned.count or len(images)
+    if not planned.cascade:
+        return each_seed(planned.name, defended, planned.settings, planned.seeds, count)
+    out = []
+    for seed in planned.seeds:
+        idx = survivors(runs, seed, count)
+        if not len(idx):
+            print(f"{planned.name}, seed {seed}: every image already broken")
+            continue
+        r = each_seed(
+            planned.name,
+            defended,
+            planned.settings,
+            [seed],
+            images=images[idx],
+            labels=labels[idx],
+        )[0]
+        if r is not None:
+            r.update(image_indices=idx.tolist(), images_total=count)
+        out.append(r)
+    return out
+
+
 def report(config, workdir, model, classifier, step, images, labels, shard=None):
     """Runs the attacks of `config.attack` on `images`, `labels` and writes
-    the report: every attack with every seed of `attack_seeds` (the
-    full-gradient attack with the first `attack.adaptive_seeds`), their mean
-    and spread over seeds beside the per-seed 95% intervals, the per-image
-    worst case of the defended attacks, and the K_def curves.
+    the report: the undefended classifier and every defended attack
+    (`defended_attacks`) with their seeds, their mean and spread over seeds
+    beside the per-seed 95% intervals, the per-image worst case of the
+    defended attacks, the gradient check and the K_def curves.
 
     With a `shard` (`attack.Shard`) of several workers, each attack's
     batches are spread over the workers; a worker that does not wait (not
@@ -178,67 +319,39 @@ def report(config, workdir, model, classifier, step, images, labels, shard=None)
     report_dir = os.path.join(out, a.get("report_name", ""))
     os.makedirs(report_dir, exist_ok=True)
     k_def = config.defense.num_steps
-    seeds = attack_seeds(config)
     started = time.perf_counter()
     plain = purify.DefendedClassifier(model, classifier, 0)  # no purification
     defended = defended_classifier(config, model, classifier, k_def)
 
-    def each_seed(name, d, settings, seed_list, count=None):
-        count = count or len(images)
+    def each_seed(name, d, settings, seed_list, count=None, **subset):
+        x = subset.get("images", images[: count or len(images)])
+        y = subset.get("labels", labels[: count or len(labels)])
+        # A cascade needs every earlier result: the chief runs it alone.
+        worker = attack.Shard() if subset else shard
         return [
-            run_attack(
-                name,
-                d,
-                images[:count],
-                labels[:count],
-                settings,
-                out,
-                config,
-                step,
-                seed,
-                shard,
-            )
+            run_attack(name, d, x, y, settings, out, config, step, seed, worker)
             for seed in seed_list
         ]
 
+    plan = defended_attacks(config, k_def)
     runs = {
         "undefended": each_seed(
-            "undefended", plain, undefended_settings(config), seeds
-        ),
-        "bpda_eot": each_seed("bpda_eot", defended, settings_of(config), seeds),
-    }
-    if a.adaptive:
-        adaptive = full_gradient_settings(config, k_def)
-        runs[adaptive_name(adaptive, k_def)] = each_seed(
-            adaptive_name(adaptive, k_def),
-            defended,
-            adaptive,
-            seeds[: a.adaptive_seeds],
-            a.adaptive_images or None,
+            "undefended", plain, undefended_settings(config), attack_seeds(config)
         )
-    curve = []
-    # The curve's adaptive points carry the main adaptive attack's name.
-    adaptive_label = adaptive_name(full_gradient_settings(config, k_def), k_def)
-    if a.k_def_curve:
-        count = a.curve_images or None
-        for k in a.k_def_curve:
-            # Named as the main attacks, so K_def 0 and K_def = defense.num_steps
-            # reuse their batches (seed `attack.seed`).
-            if not k:
-                r = each_seed(
-                    "undefended", plain, undefended_settings(config), seeds[:1], count
-                )[0]
-                curve.append(dict(k_def=0, attack="bpda_eot", **_summary(r)))
-                if a.adaptive:
-                    curve.append(dict(k_def=0, attack=adaptive_label, **_summary(r)))
-                continue
-            d = defended_classifier(config, model, classifier, int(k))
-            r = each_seed("bpda_eot", d, settings_of(config), seeds[:1], count)[0]
-            curve.append(dict(k_def=int(k), attack="bpda_eot", **_summary(r)))
-            if a.adaptive:
-                s = full_gradient_settings(config, int(k))
-                r = each_seed(adaptive_name(s, int(k)), d, s, seeds[:1], count)[0]
-                curve.append(dict(k_def=int(k), attack=adaptive_label, **_summary(r)))
+    }
+    for planned in plan:
+        if planned.cascade and not shard.wait:
+            continue  # the chief runs it once the others' results are in
+        defended_so_far = {k: r for k, r in runs.items() if k != "undefended"}
+        results = run_planned(
+            planned, defended, images, labels, defended_so_far, each_seed
+        )
+        if results:
+            runs[planned.name] = results
+    curve = k_def_curve(config, model, classifier, plain, each_seed)
+    check = None
+    if a.get("gradient_check_images", 0):
+        check = gradient_check(config, defended, images, labels, plan, out)
     if not shard.wait:
         return None
     defended_runs = {k: r for k, r in runs.items() if k != "undefended"}
@@ -257,10 +370,11 @@ def report(config, workdir, model, classifier, step, images, labels, shard=None)
         def_replicates=a.def_replicates,
         num_images=len(images),
         split=a.split,
-        seeds=seeds,
+        seeds=attack_seeds(config),
         attacks=attacks,
         worst_case=worst,
         disjoint=disjoint_from_undefended(attacks, worst),
+        gradient_check=check,
         k_def_curve=curve,
         seconds_total=time.perf_counter() - started,
     )
@@ -274,6 +388,121 @@ def report(config, workdir, model, classifier, step, images, labels, shard=None)
     )
     outputs.print_results(results)
     return results
+
+
+def k_def_curve(config, model, classifier, plain, each_seed):
+    """Natural and robust accuracy for each of `attack.k_def_curve` (paper
+    Figure 6) on the first `curve_images`, with the first seed, under
+    BPDA+EOT and (`adaptive`) the full-gradient attack. Named as the main
+    attacks, so K_def 0 and K_def = defense.num_steps reuse their batches."""
+    a = config.attack
+    k_def = config.defense.num_steps
+    seed = attack_seeds(config)[:1]
+    count = a.curve_images or None
+    # The curve's adaptive points carry the main adaptive attack's name.
+    adaptive_label = adaptive_name(full_gradient_settings(config, k_def), k_def)
+    curve = []
+    for k in a.k_def_curve:
+        if not k:
+            r = each_seed("undefended", plain, undefended_settings(config), seed, count)
+            curve.append(dict(k_def=0, attack="bpda_eot", **_summary(r[0])))
+            if a.adaptive:
+                curve.append(dict(k_def=0, attack=adaptive_label, **_summary(r[0])))
+            continue
+        d = defended_classifier(config, model, classifier, int(k))
+        r = each_seed("bpda_eot", d, settings_of(config), seed, count)
+        curve.append(dict(k_def=int(k), attack="bpda_eot", **_summary(r[0])))
+        if a.adaptive:
+            s = full_gradient_settings(config, int(k))
+            r = each_seed(adaptive_name(s, int(k)), d, s, seed, count)
+            curve.append(dict(k_def=int(k), attack=adaptive_label, **_summary(r[0])))
+    return curve
+
+
+def gradient_check(config, defended, images, labels, plan, out):
+    """`gradients.gradient_check` of every defended attack's estimator at
+    the first `attack.gradient_check_images` images plus a random start in
+    the ball (PGD's first iterate, drawn after `set_seed(attack.seed)`),
+    deltas in pixel units doubled as eps; cached in `out` under a key of
+    everything it depends on (a rerun of the report reads it back)."""
+    import tensorflow as tf
+
+    a = config.attack
+    n = a.gradient_check_images
+    estimators = {p.name: p.settings for p in plan}
+    params = dict(
+        loss=a.gradient_check_loss,
+        replicates=a.gradient_check_replicates,
+        delta=2 * a.gradient_check_delta,
+        draws=a.gradient_check_draws,
+        seed=a.seed,
+    )
+    x = np.asarray(images[:n], np.float32)
+    y = np.asarray(labels[:n], np.int32)
+    tf.random.set_seed(a.seed)
+    start = attack.random_start(tf.constant(x), settings_of(config)).numpy()
+    tf.random.set_seed(None)  # as attack.evaluate: no global seed left set
+    points = np.clip(x + start, -1.0, 1.0)
+    blob = json.dumps(
+        dict(
+            estimators={k: dataclasses.asdict(v) for k, v in estimators.items()},
+            defended=defended.digest(),
+            k_def=int(defended.num_steps),
+            points=hashlib.sha256(points.tobytes() + y.tobytes()).hexdigest(),
+            **params,
+        ),
+        sort_keys=True,
+    )
+    key = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    path = os.path.join(out, f"gradient_check_{key}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    reference = finite_differences(defended, points, y, params, out)
+    result = gradients.gradient_check(
+        defended, points, y, estimators, reference=reference, **params
+    )
+    files.write_json(path, result)
+    return result
+
+
+def finite_differences(defended, points, labels, params, out):
+    """The gradient check's reference (`gradients.finite_difference_gradient`,
+    the costly part), cached in `out` under a key of what it depends on, so
+    that checking other attacks reuses it."""
+    import tensorflow as tf
+
+    fields = ("loss", "replicates", "delta", "seed")
+    blob = json.dumps(
+        dict(
+            defended=defended.digest(),
+            k_def=int(defended.num_steps),
+            points=hashlib.sha256(points.tobytes() + labels.tobytes()).hexdigest(),
+            **{k: params[k] for k in fields},
+        ),
+        sort_keys=True,
+    )
+    path = os.path.join(
+        out, f"fd_reference_{hashlib.sha256(blob.encode()).hexdigest()[:12]}.npz"
+    )
+    if os.path.exists(path):
+        with np.load(path) as f:
+            return f["full"], f["half_a"], f["half_b"]
+    full, a, b = gradients.finite_difference_gradient(
+        defended,
+        points,
+        labels,
+        replicates=params["replicates"],
+        delta=params["delta"],
+        loss=params["loss"],
+        seed=tf.constant([params["seed"], 1000]),
+    )
+    files.atomic_write(
+        path,
+        lambda tmp: np.savez(tmp, full=full, half_a=a, half_b=b),
+        "rerun the same command",
+    )
+    return full, a, b
 
 
 def aggregate(runs):
@@ -305,6 +534,11 @@ def aggregate(runs):
         sum(r["langevin_image_steps"] for r in runs) / max(out["seconds"], 1e-9)
     )
     out["settings"] = runs[0]["settings"]
+    settings = attack.AttackSettings(**runs[0]["settings"])
+    out["estimator"], out["loss"] = settings.estimator, settings.loss
+    if "image_indices" in runs[0]:  # a cascade: its figures are over survivors
+        out["cascade_of"] = [r["images_total"] for r in runs]
+    out["nonfinite_gradients"] = int(sum(r.get("nonfinite_gradients", 0) for r in runs))
     return out
 
 
@@ -313,18 +547,23 @@ def worst_case(defended_runs):
     image and per seed: an image counts as robust for a seed only if it
     survived every defended attack run with that seed (over the first
     images, as many as every such attack covered). The undefended attack is
-    not a defended attack and never enters."""
+    not a defended attack and never enters. A cascaded attack (it ran on
+    the survivors of the others) counts its skipped images as broken, and
+    holds no seed back where it found nothing left to attack."""
     per_seed = []
+    cascaded = {
+        k
+        for k, runs in defended_runs.items()
+        if any("image_indices" in r for r in runs)
+    }
     for seed in sorted({r["seed"] for runs in defended_runs.values() for r in runs}):
-        these = [
-            r for runs in defended_runs.values() for r in runs if r["seed"] == seed
-        ]
-        if len(these) < len(defended_runs):
+        these = {
+            k: r for k, runs in defended_runs.items() for r in runs if r["seed"] == seed
+        }
+        if set(these) | cascaded != set(defended_runs):
             continue  # not every attack ran with this seed
-        n = min(len(r["per_image_robust"]) for r in these)
-        survived = np.logical_and.reduce(
-            [np.asarray(r["per_image_robust"][:n], bool) for r in these]
-        )
+        n = min(len(per_image(r)) for r in these.values())
+        survived = np.logical_and.reduce([per_image(r)[:n] for r in these.values()])
         per_seed.append(
             dict(
                 seed=seed,
@@ -354,7 +593,7 @@ def disjoint_from_undefended(attacks, worst):
     out = {
         k: bool(r["robust_ci95_lowest"] > ceiling)
         for k, r in attacks.items()
-        if k != "undefended"
+        if k != "undefended" and "cascade_of" not in r  # over survivors only
     }
     if worst is not None:
         out["worst_case"] = bool(worst["robust_ci95_lowest"] > ceiling)

@@ -134,6 +134,8 @@ class EBMBlockBigGAN(layers.Layer):
         super().__init__(**kwargs)
         middle = in_channels // 4
         self.down = down
+        # An attribute, so that a smooth twin can swap it (networks.smooth).
+        self.act = keras.activations.relu
         self.conv_0 = _conv(middle, 1, "conv_0")
         self.conv_1 = _conv(middle, 3, "conv_1")
         self.conv_2 = _conv(middle, 3, "conv_2")
@@ -144,9 +146,9 @@ class EBMBlockBigGAN(layers.Layer):
         self.pool = layers.AveragePooling2D(2)
 
     def call(self, x):
-        h = self.conv_0(ops.relu(x))
-        h = self.conv_2(ops.relu(self.conv_1(ops.relu(h))))
-        h = ops.relu(h)
+        h = self.conv_0(self.act(x))
+        h = self.conv_2(self.act(self.conv_1(self.act(h))))
+        h = self.act(h)
         if self.down:
             h, x = self.pool(h), self.pool(x)
         h = self.conv_3(h)
@@ -192,13 +194,14 @@ class BigGANEnergyNet(keras.Model):
                 EBMBlockBigGAN(ch * c_in, ch * c_out, down, name=name)
             )
         self.linear_head = layers.Dense(1, use_bias=False, name="linear_head")
+        self.act = keras.activations.relu
         self(ops.zeros((1,) + self.image_shape))  # creates every weight
 
     def call(self, x):
         x = self.rgb_conv(x)
         for layer in self.layers_out:
             x = layer(x)
-        return self.linear_head(ops.mean(ops.relu(x), axis=(1, 2)))
+        return self.linear_head(ops.mean(self.act(x), axis=(1, 2)))
 
     INERT_KEYS = INERT_KEYS
 

@@ -59,9 +59,11 @@ class SNGANEnergyNet(keras.Model):
         image_shape: `(H, W, C)`.
         activation: relu (the reference), or any Keras activation. With relu
             the energy is piecewise linear in x, its Hessian zero almost
-            everywhere: a Langevin step's Jacobian is the identity, and the
-            exact gradient through purification is the straight-through
-            (BPDA) one. A smooth activation (e.g. silu) makes them differ.
+            everywhere: each noise path's Langevin step has the identity as
+            its Jacobian, so the pathwise gradient through purification is
+            the straight-through (BPDA) one, while the gradient of the
+            expected (noise-averaged) loss is not (`defense.gradients`). A
+            smooth activation (e.g. silu) makes even the pathwise ones differ.
     """
 
     def __init__(self, channels, down, image_shape, activation="relu", **kwargs):

@@ -83,14 +83,43 @@ def check_attack(config):
         "-1 (every purification step: the full gradient) or a number of steps",
     )
     require(a.num_seeds >= 1, "attack.num_seeds", "at least one seed")
+    for field in ("surrogate_loss", "spsa_loss", "gradient_check_loss"):
+        require(a[field] in ("ce", "margin"), f"attack.{field}", "ce or margin")
+    require(
+        all(b > 0 for b in a.surrogate_betas) and len(a.surrogate_betas) >= 1,
+        "attack.surrogate_betas",
+        "one or more betas > 0 (softplus(beta z) / beta)",
+    )
+    require(
+        a.spsa_samples >= 1 and a.spsa_delta > 0 and 0 <= a.spsa_momentum < 1,
+        "attack.spsa_samples",
+        "SPSA needs spsa_samples >= 1 pairs, spsa_delta > 0 and 0 <= spsa_momentum < 1",
+    )
+    require(
+        min(a.spsa_replicates, a.spsa_num_steps, a.spsa_images, a.surrogate_images)
+        >= 0,
+        "attack.spsa_replicates",
+        "spsa_replicates, spsa_num_steps and the image counts must be >= 0",
+    )
+    require(
+        a.gradient_check_images >= 0
+        and a.gradient_check_replicates >= 2
+        and a.gradient_check_replicates % 2 == 0
+        and a.gradient_check_delta > 0
+        and a.gradient_check_draws >= 1,
+        "attack.gradient_check_replicates",
+        "gradient_check_images >= 0, an even number of replicates >= 2, "
+        "delta > 0 and draws >= 1",
+    )
     d = config.defense
     require(d.step_size >= 0, "defense.step_size", ">= 0 (0: the training eps)")
     require(d.temperature >= 0, "defense.temperature", ">= 0 (0: the training T)")
-    require(
-        1 <= a.adaptive_seeds <= a.num_seeds,
-        "attack.adaptive_seeds",
-        f"between 1 and attack.num_seeds ({a.num_seeds})",
-    )
+    for field in ("adaptive_seeds", "surrogate_seeds", "spsa_seeds"):
+        require(
+            1 <= a[field] <= a.num_seeds,
+            f"attack.{field}",
+            f"between 1 and attack.num_seeds ({a.num_seeds})",
+        )
 
 
 class SavedModelClassifier(keras.layers.Layer):

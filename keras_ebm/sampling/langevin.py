@@ -80,6 +80,32 @@ def potential(
     return u
 
 
+def surrogate_potential(potential_fn: EnergyFn, smooth_fn: EnergyFn) -> EnergyFn:
+    """`U~`: the value and gradient of `potential_fn` (U), the Hessian of
+    `smooth_fn` (U_s, e.g. U of a smooth twin of the network).
+
+    `U~(x) = U_s(x) + <g, x> + sg(U(x) - U_s(x) - <g, x>)`, with
+    `g = sg(grad U(x) - grad U_s(x))` (sg: stop-gradient), so that
+    `U~ = U`, `grad U~ = grad U` and `hess U~ = hess U_s`. Langevin under U~
+    moves exactly as under U, and differentiating its steps gives the
+    Jacobian `I - (eps^2 / 2) hess U_s(x_k)` of each step, evaluated at the
+    true chain states x_k: the surrogate backward pass of an attack.
+    """
+
+    def u(x):
+        fixed = tf.stop_gradient(x)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(fixed)
+            gap = potential_fn(fixed) - smooth_fn(fixed)
+            total = ops.sum(gap)
+        g = tf.stop_gradient(tape.gradient(total, fixed))
+        axes = tuple(range(1, len(x.shape)))
+        linear = ops.sum(g * x, axis=axes)
+        return smooth_fn(x) + linear + tf.stop_gradient(gap - linear)
+
+    return u
+
+
 def langevin(
     potential_fn: EnergyFn,
     x: tf.Tensor,
