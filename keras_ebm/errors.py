@@ -16,7 +16,9 @@ class WriteError(RuntimeError):
 
 
 class CheckpointError(RuntimeError):
-    """A run directory holds checkpoints, none of them readable."""
+    """A run directory holds checkpoints, none of them verified (damaged,
+    or with neither a manifest nor a record inside); the message says
+    what to do."""
 
 
 class Diverged(RuntimeError):

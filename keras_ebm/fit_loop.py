@@ -41,12 +41,14 @@ def resume_or_start(config, workdir, model, source, chief):
         if chief:
             _save(config, workdir, model, 0, run_state)
         return run_state
-    step, path, manifest = restored
-    run_state = guard.RunState.from_manifest(manifest)
+    step, path, record = restored
+    # The record that verified the checkpoint (its manifest, or the one
+    # inside the file when the manifest was lost) carries the run state.
+    run_state = guard.RunState.from_manifest(record)
     if run_state.lr_scale != 1.0:
         scale_learning_rates(model, config, run_state.lr_scale)
-    digest = manifest.get("state_digest")
-    verified = f" (state {digest} verified)" if digest else ""
+    digest = record.get("state_digest")
+    verified = f" (state {digest} verified)" if digest else " (accepted unverified)"
     log.info("resumed from step %d (%s)%s", step, path, verified)
     print(f"Resumed from step {step}: {path}{verified}", flush=True)
     return run_state
