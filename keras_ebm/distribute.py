@@ -1,6 +1,9 @@
 """Replica-aware helpers: strategy choice, replica-independent draws, loss
-scaling."""
+scaling, cross-replica flags and counts, the replica agreement check."""
 
+import hashlib
+
+import numpy as np
 import tensorflow as tf
 
 
@@ -62,40 +65,54 @@ def step_logs(logs):
     return logs
 
 
-def checksums(variables):
-    """Exact per-variable fingerprints: the index-weighted sum of each
-    variable's bit patterns in int64 (order-free, so identical copies give
-    identical sums on any device)."""
+def _digest(array):
+    """SHA-256 of an array's dtype, shape and bytes, as 4 int64 (a row that
+    `strategy.gather` can carry)."""
+    array = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    h.update(array.tobytes())
+    return np.frombuffer(h.digest(), dtype=np.int64)
 
-    def one(v):
-        v = tf.reshape(tf.convert_to_tensor(v), [-1])
-        if v.dtype.is_floating:
-            v = tf.bitcast(tf.cast(v, tf.float32), tf.int32)
-        v = tf.cast(v, tf.int64)
-        weight = tf.range(tf.size(v, tf.int64), dtype=tf.int64) % 1009 + 1
-        return tf.reduce_sum(v * weight)
 
-    return tf.stack([one(v) for v in variables])
+def local_digests(variables, strategy):
+    """`[local replica, variable, 4]` int64: the SHA-256 of every replica's
+    own copy of each variable on this worker (a variable with one copy
+    counts as every replica's)."""
+    num_local = len(strategy.extended.worker_devices)
+    out = np.zeros((num_local, len(variables), 4), np.int64)
+    for j, v in enumerate(variables):
+        value = getattr(v, "value", v)  # a Keras variable's TF variable
+        copies = list(getattr(value, "values", None) or [value] * num_local)
+        for i, copy in enumerate(copies):
+            out[i, j] = _digest(copy.numpy())
+    return out
 
 
 def check_replicas_agree(variables, strategy):
     """Raises `RuntimeError` naming the variables whose replicas differ.
 
-    Every replica (on every worker) fingerprints its own copy of each
-    variable (`checksums`) and the fingerprints are gathered: one global
-    bank and one set of weights means one row for all. Collective under a
-    multi-worker strategy: every worker must call it. Returns the number of
-    replicas compared.
+    Every replica's copy of each variable (on every worker) is hashed
+    (SHA-256 of its bytes, on the host) and the digests are gathered: one
+    global bank and one set of weights means one digest for all. Any
+    difference in any byte shows, wherever it is (a weighted checksum
+    misses permutations that keep its weights). Collective under a
+    multi-worker strategy: every worker must call it. Returns the number
+    of replicas compared.
     """
     variables = list(variables)
-    per_replica = strategy.run(tf.function(lambda: checksums(variables)))
-    rows = (
-        strategy.gather(per_replica, axis=0)
-        .numpy()
-        .reshape(strategy.num_replicas_in_sync, len(variables))
-    )
+    mine = local_digests(variables, strategy)
+    num_local = len(mine)
+
+    def rows(ctx):
+        return tf.constant(mine[ctx.replica_id_in_sync_group % num_local])
+
+    per_replica = strategy.experimental_distribute_values_from_function(rows)
+    every = strategy.gather(per_replica, axis=0).numpy()
+    every = every.reshape(strategy.num_replicas_in_sync, len(variables), 4)
     differ = [
-        v.path for v, col in zip(variables, rows.T, strict=True) if len(set(col)) > 1
+        v.path
+        for j, v in enumerate(variables)
+        if len({tuple(row) for row in every[:, j]}) > 1
     ]
     if differ:
         raise RuntimeError(
@@ -190,6 +207,27 @@ def run_on_rows(strategy, fn, x, *args):
     out, stats = strategy.run(fn, args=(shards, *args))
     stats = [strategy.reduce("MEAN", v, axis=None) for v in stats]
     return strategy.gather(out, axis=0), stats
+
+
+def replica_sum(x):
+    """`x` summed over every replica (and worker), in replica context; `x`
+    itself on one replica or in cross-replica context.
+
+    For per-step metrics that are totals or flags: Keras reports the mean
+    of the replicas' values, so a count of 3 bad rows on one of two
+    replicas would read 1.5, and a flag raised on one of them 0.5. Summed
+    first, every replica holds the global value and so does the mean.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+def replica_any(flag):
+    """1.0 on every replica when `flag` (0.0 or 1.0) is 1.0 on any of them
+    (`replica_sum`; `ReduceOp` has no MAX)."""
+    return tf.cast(replica_sum(flag) > 0.0, flag.dtype)
 
 
 def scale_for_replicas(loss):

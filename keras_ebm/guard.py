@@ -16,7 +16,7 @@ event. By `guard.action` the run then
 
 Banks never keep non-finite states whatever the action: such rows restart
 from the init source (`SampleBank.update`), counted by the
-`reinitialized_rows` metric.
+`reinitialized_rows` metric (over every replica).
 """
 
 import dataclasses
@@ -29,8 +29,10 @@ ACTIONS = ("rollback", "halt", "off")
 
 @dataclasses.dataclass
 class RunState:
-    """What a run carries besides its variables (saved in each checkpoint's
-    manifest): the guard's learning-rate scale and rollback count."""
+    """What a run carries besides its variables (saved with each checkpoint,
+    in its manifest and in the record inside the file, so that a lost
+    manifest does not reset it): the guard's learning-rate scale and
+    rollback count."""
 
     lr_scale: float = 1.0
     rollbacks: int = 0
@@ -55,8 +57,8 @@ class Guard(keras.callbacks.Callback):
     """Detects divergence after every training step and stops `fit`.
 
     Reads the per-step values of `energy_gap` and `nonfinite` (1 when the
-    step's energies or gradients were not all finite) from the running
-    epoch means Keras reports: `v_b = (b + 1) m_b - b m_(b-1)`.
+    step's energies or gradients were not all finite, on any replica) from
+    the running epoch means Keras reports: `v_b = (b + 1) m_b - b m_(b-1)`.
 
     Args:
         gap_band: `(low, high)` bounds of a healthy energy gap.

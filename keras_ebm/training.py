@@ -29,7 +29,7 @@ from keras_ebm.checks import (  # noqa: F401  (regimes use them from here)
     is_run,
     require,
 )
-from keras_ebm.errors import ConfigError
+from keras_ebm.errors import ConfigError, Diverged, Interrupted
 from keras_ebm.fit_loop import (  # noqa: F401  (the regimes' and tests' names)
     initial_data,
     learning_rate,
@@ -240,7 +240,9 @@ def train(config, workdir, build, check, extra_callbacks=()):
         Interrupted: SIGINT or SIGTERM; the checkpoint is written.
         Diverged: the guard halted the run (`guard.action`).
         WriteError: a checkpoint could not be written (disk full).
-        CheckpointError: the workdir's checkpoints are all unreadable.
+        CheckpointError: none of the workdir's checkpoints is verified.
+        RuntimeError: replicas of a distributed run disagree (checked at
+            the end, and after `Interrupted` or `Diverged`, raised from it).
     """
     # Everything that can fail on bad input runs before anything is written.
     # The shared fields, then the dataset (its error says how to get it),
@@ -274,18 +276,29 @@ def train(config, workdir, build, check, extra_callbacks=()):
     for name, bank in model.banks.items():
         log.info("%s: %d states (requested %d)", name, bank.num_states, bank.size)
 
-    with interrupt.handled():
-        run_state = fit_loop.resume_or_start(config, workdir, model, source, chief)
-        fit_loop.fit_guarded(
-            config, workdir, model, source, run_state, chief, extra_callbacks
-        )
+    try:
+        with interrupt.handled():
+            run_state = fit_loop.resume_or_start(config, workdir, model, source, chief)
+            fit_loop.fit_guarded(
+                config, workdir, model, source, run_state, chief, extra_callbacks
+            )
+    except (Interrupted, Diverged):
+        # A stopped or diverged run's checkpoint is resumed from too: check
+        # it as a finished run's (a disagreement is raised from the stop).
+        _check_replicas(model, strategy, chief)
+        raise
+    _check_replicas(model, strategy, chief)
+    return model
+
+
+def _check_replicas(model, strategy, chief):
+    """Cheap insurance for long distributed runs: one global state means
+    every replica's copy is bit-identical (`distribute.check_replicas_agree`,
+    collective: every worker calls it)."""
     if strategy.num_replicas_in_sync > 1:
-        # Cheap insurance for long distributed runs: one global state means
-        # every replica's copy is bit-identical.
         n = distribute.check_replicas_agree(state_variables(model), strategy)
         if chief:
             print(f"All {n} replicas hold identical weights, optimizers and banks.")
-    return model
 
 
 state_variables = checkpoints.state_variables

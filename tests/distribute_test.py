@@ -8,9 +8,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import distribute, run
+from keras_ebm import distribute, guard, run
+from keras_ebm.models import EnergyModel
+from keras_ebm.sampling import SampleBank
 from tests.conftest import mirrored_strategy
 from tests.energy_model_test import data_batch, smoke_config
+from tests.test_case import assert_trained_alike
+
+
+class SqrtEnergy(keras.Model):
+    """`E(x) = sqrt(v + ||x||^2)` at v = 0: finite everywhere, with an
+    infinite gradient in v at x = 0."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = (2,)
+        self.v = self.add_weight(shape=(), initializer="zeros", name="v")
+
+    def call(self, x, training=False):
+        return keras.ops.sqrt(self.v + keras.ops.sum(x * x, 1, keepdims=True))
 
 
 def _fit_one(model, batch):
@@ -77,6 +93,9 @@ class DistributeTest(tf.test.TestCase):
         # A run saved on 2 replicas resumes on 1 and one saved on 1 resumes
         # on 2; either way its next step is the step of a run that never
         # moved (bank rows, counts, latents, networks, optimizers).
+        # Compared against how far the two steps moved each array (a step
+        # of SGD at 1e-5 moves the generator by ~1e-5: a fixed atol of that
+        # size checked none of it).
         config = smoke_config(**{"bank.rejuvenation_prob": 0.5})
         batch = data_batch(config)
         start = _build(config)
@@ -85,7 +104,6 @@ class DistributeTest(tf.test.TestCase):
         reference.set_weights(start.get_weights())
         for _ in range(2):
             _fit_one(reference, batch)
-        want = _state(reference)
         for first, then in ((_mirrored(), None), (None, _mirrored())):
             a = _build(config, first)
             a.set_weights(start.get_weights())
@@ -95,8 +113,7 @@ class DistributeTest(tf.test.TestCase):
             b = _build(config, then)
             b.load_weights(path)
             _fit_one(b, batch)
-            for x, y in zip(want, _state(b), strict=True):
-                self.assertAllClose(x, y, rtol=1e-4, atol=1e-5)
+            assert_trained_alike(b, reference, start)
             if then is not None:
                 for var in (b.bank.states, b.bank.counts, b.bank.latents):
                     copies = [v.numpy() for v in var.value.values]
@@ -130,6 +147,70 @@ class DistributeTest(tf.test.TestCase):
         strategy.run(tf.function(diverge))
         with self.assertRaisesRegex(RuntimeError, "disagree on 1 variables: apart"):
             distribute.check_replicas_agree([same, apart], strategy)
+
+    def test_replicas_agree_sees_a_swap_that_keeps_a_checksum(self):
+        # Two elements 1,009 apart swapped on one replica: the same
+        # index-weighted checksum (weights repeating every 1,009), other
+        # bytes.
+        strategy = _mirrored()
+        with strategy.scope():
+            bank = keras.Variable(np.arange(2048.0), name="bank", aggregation="none")
+        values = np.arange(2048.0)
+        values[[3, 3 + 1009]] = values[[3 + 1009, 3]]
+
+        def swap():
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            bank.value.assign(tf.where(rid == 1, values, np.arange(2048.0)))
+
+        strategy.run(tf.function(swap))
+        with self.assertRaisesRegex(RuntimeError, "disagree on 1 variables: bank"):
+            distribute.check_replicas_agree([bank], strategy)
+
+    def test_the_guard_sees_one_bad_replica(self):
+        # Finite energies everywhere, a gradient that is infinite on the
+        # second replica only (its positives sit where sqrt(v + |x|^2) has
+        # an infinite slope in v): one bad replica of two must read 1, not
+        # 0.5, or the guard's `> 0.5` misses it.
+        strategy = _mirrored()
+        with strategy.scope():
+            model = EnergyModel(SqrtEnergy(), num_steps=1, step_size=0.1)
+            model.compile(keras.optimizers.SGD(1e-3))
+        x = np.ones((4, 2), "float32")
+        x[2:] = 0.0  # replica 1's rows
+        watch = guard.Guard((-1e9, 1e9), patience=100)
+        ds = tf.data.Dataset.from_tensors(x).repeat()
+        logs = model.fit(
+            ds, steps_per_epoch=1, epochs=1, verbose=0, callbacks=[watch]
+        ).history
+        self.assertTrue(np.isfinite(logs["energy_gap"][0]))
+        self.assertEqual(logs["nonfinite"], [1.0])
+        self.assertIsNotNone(watch.event)
+        self.assertIn("non-finite", watch.event.cause)
+
+    def test_reinitialized_rows_is_the_total_over_replicas(self):
+        # Replica 0 writes 2 finite rows, replica 1 one finite and one NaN
+        # row: 1 row replaced in all, on every replica.
+        strategy = _mirrored()
+        with strategy.scope():
+            bank = SampleBank(8, 4, (2,))
+        states = tf.constant([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [np.nan, 0.0]])
+
+        def update():
+            ctx = tf.distribute.get_replica_context()
+            r = ctx.replica_id_in_sync_group
+            rows = states[2 * r : 2 * r + 2]
+            return bank.update(
+                tf.range(2 * r, 2 * r + 2),
+                rows,
+                tf.ones(2, "int32"),
+                fresh=(tf.fill((2, 2), 7.0), None),
+            )
+
+        replaced = strategy.experimental_local_results(
+            strategy.run(tf.function(update))
+        )
+        self.assertAllEqual([int(r) for r in replaced], [1, 1])
+        self.assertAllEqual(bank.states.numpy()[:4], [[1, 1], [2, 2], [3, 3], [7, 7]])
 
     def test_replica_rows_and_loss_scaling(self):
         strategy = mirrored_strategy()

@@ -193,3 +193,46 @@ def test_a_non_finite_gradient_with_finite_energies_is_flagged():
     logs = model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0).history
     assert np.isfinite(logs["energy_gap"][0])
     assert logs["nonfinite"] == [1.0]
+
+
+class SplitAndStop(keras.callbacks.Callback):
+    """Before step 3: makes replica 1's copy of the EBM's first weight
+    differ, then stops the run: a gap explosion the guard halts on, or a
+    SIGTERM."""
+
+    def __init__(self, stop):
+        super().__init__()
+        self.stop, self.done = stop, False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.done or int(self.model.ebm_optimizer.iterations.numpy()) != 2:
+            return
+        self.done = True
+        copy = self.model.energy_net.weights[0].value.values[1]
+        copy.assign(copy + 1.0)
+        if self.stop == "diverged":
+            kernel = self.model.energy_net.weights[-1]
+            kernel.assign(kernel * 1e6)
+        else:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stop", ["diverged", "interrupted"])
+def test_replicas_are_compared_after_a_stopped_run_too(tmp_path, monkeypatch, stop):
+    # A halted or interrupted run's checkpoint is resumed from: its replicas
+    # are checked as a finished run's are, and a disagreement is raised
+    # (from the stop).
+    from keras_ebm import distribute
+    from keras_ebm.errors import Interrupted
+    from tests.conftest import mirrored_strategy
+
+    monkeypatch.setattr(distribute, "get_strategy", lambda name: mirrored_strategy())
+    config = smoke("halt", gap_band=(-10.0, 10.0), patience=1)
+    with pytest.raises(RuntimeError, match="replicas disagree on 1 variables") as e:
+        train(config, str(tmp_path), SplitAndStop(stop))
+    assert isinstance(
+        e.value.__context__, Diverged if stop == "diverged" else Interrupted
+    )

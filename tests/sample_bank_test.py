@@ -1,8 +1,12 @@
 """Bank semantics: distinct draws, rejuvenation rules, in-place write-back."""
 
+import importlib
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from keras_ebm import regimes
 from keras_ebm.sampling import SampleBank
 from tests.conftest import mirrored_strategy
 
@@ -74,3 +78,52 @@ class SampleBankTest(tf.test.TestCase):
             SampleBank(8, 16, (2,))
         with self.assertRaisesRegex(ValueError, "rejuvenation_prob"):
             SampleBank(16, 8, (2,), rejuvenation_prob=1.5)
+
+
+def _bank_ops(model, config, strategy):
+    """`{op type}` of every op of the traced training step (one replica's
+    batch on each) that takes a bank variable (states, counts, latents) of
+    any bank of `model`, on any replica."""
+    from tests.energy_model_test import data_batch
+
+    handles = []
+    for bank in model.banks.values():
+        for v in (bank.states, bank.counts, bank.latents):
+            if v is not None:
+                handles += list(getattr(v.value, "values", None) or [v.value])
+    handles = {id(h.handle) for h in handles}
+    x = data_batch(config)
+    x = x[: x.shape[0] // strategy.num_replicas_in_sync]
+    if model.init_source == "data":
+        x = {"x": x, "x_init": x}
+    step = tf.function(lambda x: strategy.run(model.train_step, (x,)))
+    graph = step.get_concrete_function(
+        tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), x)
+    ).graph
+    inner = {t.name for outer, t in graph.captures if id(outer) in handles}
+    assert len(inner) == len(handles)  # every copy of every bank variable
+    return {
+        op.type for op in graph.get_operations() for t in op.inputs if t.name in inner
+    }
+
+
+class BankWriteTest(tf.test.TestCase):
+    @pytest.mark.slow
+    def test_the_step_reads_and_writes_the_banks_only_sparsely(self):
+        # O(B) per step whatever the bank size: B rows gathered and B rows
+        # scattered on each replica's copy, and nothing else: a dense write
+        # (`assign` of a scattered copy) or a dense read (`bank.counts` for
+        # a mean, `tf.gather` of a mirrored variable) copies the whole bank
+        # every step.
+        for regime in ("shortrun", "longrun"):
+            config = importlib.import_module(f"keras_ebm.configs.{regime}")
+            config = config.get_config("smoke")
+            for strategy in (tf.distribute.get_strategy(), mirrored_strategy()):
+                replicas = strategy.num_replicas_in_sync
+                with self.subTest(regime=regime, replicas=replicas):
+                    with strategy.scope():
+                        model = regimes.REGIMES[regime].build(config)
+                    self.assertEqual(
+                        _bank_ops(model, config, strategy),
+                        {"ResourceGather", "ResourceScatterUpdate"},
+                    )

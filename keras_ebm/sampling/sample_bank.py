@@ -135,7 +135,8 @@ class SampleBank(keras.layers.Layer):
                 the bank never holds a non-finite state.
 
         Returns:
-            The number of this replica's rows not written as given.
+            The number of rows of the global batch (every replica's) not
+            written as given.
         """
         replaced = ops.zeros((), "int32")
         if fresh is not None:
@@ -151,6 +152,8 @@ class SampleBank(keras.layers.Layer):
             if latents is not None and fresh_latents is not None:
                 latents = ops.where(finite[:, None], latents, fresh_latents)
             replaced = ops.sum(ops.cast(ops.logical_not(finite), "int32"))
+            # A total, not this replica's share (Keras averages replicas).
+            replaced = distribute.replica_sum(replaced)
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             indices, states, counts = ctx.all_gather([indices, states, counts], axis=0)
@@ -172,6 +175,9 @@ class SampleBank(keras.layers.Layer):
             self.latents.assign(latents)
 
     def mean_age(self):
+        """The mean count over the whole bank: a dense read of `counts`, for
+        use outside the training step (which estimates it from its draw,
+        O(B))."""
         return ops.mean(ops.cast(self.counts, "float32"))
 
     def get_config(self):
