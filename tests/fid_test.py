@@ -79,6 +79,49 @@ def test_realism_separates_realism_from_coverage():
     assert all(np.isnan(v) for v in nan.values())
 
 
+def _realism_by_hand(real, fake, k):
+    """Precision, recall, density and coverage from their definitions
+    (Kynkaanniemi et al. 2019; Naeem et al. 2020), written apart from the
+    `prdc` package: the k-NN radius of a point is its k-th smallest
+    distance to the other points of its own set, and a point lies in a
+    ball when it is strictly closer than the ball's radius."""
+    from scipy.spatial.distance import cdist
+
+    def radii(x):
+        d = np.sort(cdist(x, x), axis=1)
+        return d[:, k]  # column 0 is the point itself
+
+    r_real, r_fake = radii(real), radii(fake)
+    d = cdist(real, fake)  # [real, fake]
+    inside = d < r_real[:, None]  # fake j in the ball of real i
+    return {
+        "precision": inside.any(0).mean(),
+        "recall": (d < r_fake[None, :]).any(1).mean(),
+        "density": inside.sum(0).mean() / k,
+        "coverage": (d.min(1) < r_real).mean(),
+    }
+
+
+def test_realism_at_k_is_its_definition_at_k():
+    # Random sets at several k: the definition, and k changes the values.
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(60, 3)), rng.normal(0.3, 1.2, size=(50, 3))
+    for k in (1, 3, 5):
+        got = fid.realism(real, fake, k)
+        assert got == pytest.approx(_realism_by_hand(real, fake, k)), k
+    assert fid.realism(real, fake, 3) != fid.realism(real, fake, 5)
+    # Ten reals on a line, k = 2: radius 1 inside, 2 at both ends. Fakes:
+    # between reals 4 and 5 (in both balls), above real 0 (in its ball of
+    # radius 2 only), and two in none.
+    real = np.stack([np.arange(10.0), np.zeros(10)], 1)
+    fake = np.array([[4.5, 0.0], [0.0, 1.5], [20.0, 0.0], [4.5, 2.0]])
+    got = fid.realism(real, fake, 2)
+    want = {"precision": 0.5, "density": 0.375, "coverage": 0.3, "recall": 1.0}
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value), name
+    assert _realism_by_hand(real, fake, 2) == pytest.approx(want)
+
+
 class Killed(Exception):
     pass
 

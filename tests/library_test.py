@@ -35,23 +35,36 @@ def clean_env():
 def test_readme_library_examples_run_outside_the_clone(tmp_path):
     blocks = readme_section("Use it as a library")
     assert len(blocks) >= 2
-    (tmp_path / "example.py").write_text("\n".join(blocks))
-    # Outside the repository and without PYTHONPATH: keras_ebm comes from
-    # the installed package (make installs it, editable).
+    where = "import keras_ebm\nprint('keras_ebm from', keras_ebm.__file__)\n"
+    (tmp_path / "example.py").write_text("\n".join(blocks) + where)
+    # Outside the repository, keras_ebm from the tree under test: the
+    # installed package is an editable install of the clone `make` set up,
+    # which a copy of the repository (`break-and-test`) is not. Installed as
+    # a package, it is `test_pip_install_into_a_fresh_venv`'s.
     out = subprocess.run(
         [sys.executable, "example.py"],
         cwd=tmp_path,
-        env=clean_env(),
+        env=dict(clean_env(), PYTHONPATH=REPO),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    source = re.search(r"keras_ebm from (\S+)", out.stdout).group(1)
+    assert source == os.path.join(REPO, "keras_ebm", "__init__.py"), source
     radius = float(re.search(r"sample radius ([\d.]+)", out.stdout).group(1))
     assert abs(radius - 2.0) < 0.5, out.stdout  # the chains found the ring
     accuracy = float(re.search(r"served accuracy ([\d.]+)", out.stdout).group(1))
     assert accuracy > 0.8, out.stdout
     assert (tmp_path / "ring_ebm" / "saved_model.pb").exists()
+
+
+def test_the_readme_names_every_public_name():
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    listed = text.split("The public names are in", 1)[1].split("States are", 1)[0]
+    named = set(re.findall(r"`(\w+)`", listed))
+    assert set(keras_ebm.__all__) <= named, set(keras_ebm.__all__) - named
 
 
 @pytest.mark.slow

@@ -37,8 +37,10 @@ class EnergyModel(keras.Model):
     with `s = data_noise_std`. The chains start from a persistent `bank`
     (rejuvenated at draw time from `init_source`) or, when `bank` is None,
     from fresh `init_source` samples every step. With a `generator` the model
-    is cooperative (paper Alg. 1): rejuvenation draws `z ~ N(0, I)` and
-    `gen(z)`, and the generator learns to reproduce the revised states,
+    is cooperative (paper Alg. 1): rejuvenation draws a latent z from the
+    generator's own distribution (`networks.sample_latent`: `N(0, I)`, or
+    BigGAN-deep's truncated normal and class) and `gen(z)`, and the
+    generator learns to reproduce the revised states,
 
     `gen_loss = sum ||x- - gen(z)||^2 / B`,
 
@@ -54,8 +56,9 @@ class EnergyModel(keras.Model):
         step_size: Langevin noise std eps; the drift is `(eps^2/2) grad U`.
         temperature: T.
         data_noise_std: std of the noise added to data.
-        bank: optional `SampleBank`; its `latent_dim` must match the
-            generator's when both exist.
+        bank: optional `SampleBank`; its `latent_dim` must be the
+            generator's when the generator rejuvenates it (checked at
+            `fit`).
         generator: optional `z -> x` network.
         init_source: `noise` (U[-1, 1]), `data` (a second data stream, fed
             as `x_init` in the batch dict) or `generator`.
@@ -176,17 +179,34 @@ class EnergyModel(keras.Model):
             self.gen_optimizer = gen_optimizer
             gen_optimizer.build(self.generator.trainable_variables)
 
+    def get_compile_config(self):
+        """Keras' compile config (the EBM optimizer as `optimizer`, jit
+        mode, ...) and the generator's optimizer, so that a `.keras` file
+        reloads both optimizers with their state (step counter, moments)."""
+        config = super().get_compile_config()
+        if config is not None and self.gen_optimizer is not None:
+            ser = keras.saving.serialize_keras_object(self.gen_optimizer)
+            config = dict(config, gen_optimizer=ser)
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(
+            config.pop("optimizer"), config.pop("gen_optimizer", None), **config
+        )
+
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
-        """Keras `fit`, after two checks that would otherwise fail deep in
-        the traced step or not at all: every bank was filled
-        (`initialize_bank`), and the data come in whole batches of the
-        banks' batch size (a `tf.data.Dataset` batched with
-        `drop_remainder=True`, or an array whose length is a multiple of
-        `batch_size`).
+        """Keras `fit`, after checks that would otherwise fail deep in the
+        traced step or not at all: a bank that keeps the generator's
+        latents when the generator rejuvenates it, every bank filled
+        (`initialize_bank`), and data in whole batches of the banks' batch
+        size (a `tf.data.Dataset` batched with `drop_remainder=True`, or an
+        array whose length is a multiple of `batch_size`).
 
         Raises:
             ValueError: naming what to do.
         """
+        inputs.check_bank_latents(self.bank, self.generator, self.init_source)
         inputs.check_banks_filled(self.banks, self.init_source)
         inputs.check_batches(x, batch_size, self.bank)
         # A dataset comes shuffled or not as its maker chose (Keras would
@@ -256,6 +276,7 @@ class EnergyModel(keras.Model):
 
     def initialize_bank(self, data=None, seed=None):
         """Fills the bank from the init source (data: `[N, ...]` array)."""
+        inputs.check_bank_latents(self.bank, self.generator, self.init_source)
         seed = [self.seed, 1] if seed is None else seed
         n, b = self.bank.num_states, self.bank.batch_size
         if self.init_source == "data":
@@ -297,8 +318,11 @@ class EnergyModel(keras.Model):
             z = ops.where(mask[:, None], z_fresh, z)
         else:
             z = z_fresh
+        metrics = {
+            "rejuvenated": ops.mean(ops.cast(mask, "float32")),
+            "bank_age": _drawn_age(counts),
+        }
         counts = ops.where(mask, 0, counts + 1)
-        metrics = {"rejuvenated": ops.mean(ops.cast(mask, "float32"))}
         return x_init, z, (idx, counts, (x_fresh, z_fresh)), metrics
 
     def run_chains(self, x, num_steps, seed):
@@ -321,10 +345,7 @@ class EnergyModel(keras.Model):
             return {}
         idx, counts, fresh = pending
         replaced = self.bank.update(idx, x_neg, counts, z, fresh=fresh)
-        return {
-            "bank_age": self.bank.mean_age(),
-            "reinitialized_rows": ops.cast(replaced, "float32"),
-        }
+        return {"reinitialized_rows": ops.cast(replaced, "float32")}
 
     def train_step(self, data):
         """One step: start chains, K Langevin steps, EBM update, generator
@@ -380,8 +401,12 @@ class EnergyModel(keras.Model):
             drift_norm=stats.last_drift_norm,
             drift_norm_path=stats.drift_norm,
             # The divergence guard's signal (keras_ebm.guard): 1 for a step
-            # whose energies or gradients are not all finite.
-            nonfinite=1.0 - ops.cast(_all_finite([e] + grads), "float32"),
+            # whose energies or gradients are not all finite on any replica
+            # (Keras averages the replicas' values: one bad replica of two
+            # would read 0.5).
+            nonfinite=distribute.replica_any(
+                1.0 - ops.cast(_all_finite([e] + grads), "float32")
+            ),
         )
         for name, value in metrics.items():
             # A `(values, weights)` pair is a weighted mean (e.g. over the
@@ -521,6 +546,14 @@ class _Untracked:
 
     def __setitem__(self, key, value):
         self._items[key] = value
+
+
+def _drawn_age(counts):
+    """`bank_age`: the mean count of the states drawn this step, before it
+    counts them. The draw is uniform, so this estimates the bank's mean
+    count without reading the whole bank (a dense read every step would
+    make the write-back O(N), `SampleBank.draw`)."""
+    return ops.mean(ops.cast(counts, "float32"))
 
 
 def _all_finite(tensors):

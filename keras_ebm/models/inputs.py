@@ -1,7 +1,7 @@
 """What a user hands an `EnergyModel`, checked before it fails deep in a
-traced step or silently: the network's state shape, filled banks, and data
-in whole batches of the banks' batch size. Each check raises a
-`ValueError` that says what to do."""
+traced step or silently: the network's state shape, a bank that keeps the
+generator's latents, filled banks, and data in whole batches of the banks'
+batch size. Each check raises a `ValueError` that says what to do."""
 
 import tensorflow as tf
 
@@ -21,6 +21,23 @@ def state_shape_of(net):
             "...])) or give it an `image_shape` attribute"
         )
     return tuple(shape)
+
+
+def check_bank_latents(bank, generator, init_source):
+    """Refuses a bank whose latent width is not the generator's when the
+    generator rejuvenates it: each state's latent is kept beside it for
+    the generator's update (a bank without latents failed inside the
+    traced step with `AttributeError: 'NoneType' object has no attribute
+    'value'`)."""
+    if bank is None or generator is None or init_source != "generator":
+        return
+    width = generator.latent_dim
+    if bank.latent_dim != width:
+        raise ValueError(
+            f"the bank keeps latents of width {bank.latent_dim} but the "
+            f"generator takes {width}: build the SampleBank with "
+            f"latent_dim={width} (generator.latent_dim)"
+        )
 
 
 def check_banks_filled(banks, init_source):

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_ebm.models.energy_model import EnergyModel, _rows
+from keras_ebm.models.energy_model import EnergyModel, _drawn_age, _rows
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -106,7 +106,11 @@ class LongrunEnergyModel(EnergyModel):
         x_burnin, stats = self.run_chains(x_burnin, self.burnin_steps, seeds.burnin)
         transfer = counts_b >= self.burnin_length
         pending = (idx, counts, idx_b, counts_b, x_burnin, x_fresh, transfer)
-        return x_update, None, pending, {"burnin_drift_norm": stats.last_drift_norm}
+        metrics = {
+            "burnin_drift_norm": stats.last_drift_norm,
+            "bank_age": _drawn_age(counts),
+        }
+        return x_update, None, pending, metrics
 
     def finish_chains(self, pending, x_neg, z, seeds):
         idx, counts, idx_b, counts_b, x_burnin, x_fresh, transfer = pending
@@ -127,7 +131,6 @@ class LongrunEnergyModel(EnergyModel):
         weights = ops.cast(transfer, "float32")
         return {
             "reinitialized_rows": ops.cast(replaced, "float32"),
-            "bank_age": self.bank.mean_age(),
             "transferred": ops.mean(weights),
             # Energy of the states entering the update bank (none: no weight).
             "transferred_energy": (self.energy(x_burnin), weights),
