@@ -2,6 +2,9 @@
 loaded by key (every key used, shapes checked) computing what the
 reference's forward pass computes, and the generator's latent and class."""
 
+import os
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -67,30 +70,103 @@ def test_ebm_loads_the_reference_layout_and_computes_its_energy(tmp_path, size):
     )
 
 
-def test_generator_loads_the_reference_layout_and_computes_its_images(tmp_path):
-    spec = ref.gen_spec(128, ch=8, num_classes=10)
+def test_the_ebm_smooth_twin_replaces_every_relu(tmp_path):
+    # The surrogate attack's twin (networks.smooth) must reach each ReLU of
+    # the reference's forward pass, and only those.
+    from keras_ebm.networks import smooth
+
+    spec = ref.ebm_spec(64, ch=8)
+    values = ref.random_values(spec)
+    prefix = str(tmp_path / "ebm")
+    ref.write(values, prefix, root="layer_with_weights-0")
+    net = networks.build("ebm_biggan", image_shape=(64, 64, 3), channel_width=8)
+    networks.load_weights(net, prefix)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    with smooth.smooth_relu([net], 2.0):
+        twin = net(x)
+    want = ref.ebm_forward(values, x, 64, relu=lambda z: tf.nn.softplus(2.0 * z) / 2.0)
+    np.testing.assert_allclose(twin, want, rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "resolution, size",
+    # The longrun presets' 128 -> 64 and the midrun preset's 256 -> 224.
+    [(128, 64), pytest.param(256, 224, marks=pytest.mark.slow)],
+)
+def test_generator_loads_the_reference_layout_and_computes_its_images(
+    tmp_path, resolution, size
+):
+    spec = ref.gen_spec(resolution, ch=8, num_classes=10)
     values = ref.random_values(spec, seed=3)
     prefix = str(tmp_path / "gen")
     ref.write(values, prefix)
     # 0.405 sits a quarter of the way from row 20 to row 21; the port
     # weights them the other way round (0.25, 0.75).
     kwargs = dict(channel_width=8, num_classes=10, truncation=0.405)
-    gen = networks.build("gen_biggan_deep128", image_shape=(64, 64, 3), **kwargs)
+    gen = networks.build(
+        f"gen_biggan_deep{resolution}", image_shape=(size, size, 3), **kwargs
+    )
     networks.load_weights(gen, prefix)
     latent = gen.sample_latent((3, 129), tf.constant([4, 2]))
     labels = gen.classes(latent)
-    expected = ref.gen_forward(
-        values, latent[:, :128].numpy(), labels, 128, 0.405, out_size=64
-    )
+    z = latent[:, :128].numpy()
+    expected = ref.gen_forward(values, z, labels, resolution, 0.405, out_size=size)
     np.testing.assert_allclose(gen(latent), expected, rtol=1e-3, atol=2e-5)
     # The class is given: another image than the latent's own class.
     other = (labels + 1) % 10
     np.testing.assert_allclose(
         gen(latent, labels=other),
-        ref.gen_forward(values, latent[:, :128].numpy(), other, 128, 0.405, 64),
+        ref.gen_forward(values, z, other, resolution, 0.405, size),
         rtol=1e-3,
         atol=2e-5,
     )
+
+
+def test_attention_gamma_starts_glorot_uniform():
+    # The reference's `add_weight` default (glorot uniform: for shape (1,),
+    # U(-sqrt(3), sqrt(3))), not BigGAN's zero: an untrained attention
+    # layer already mixes positions.
+    gammas = []
+    for seed in range(24):
+        keras.utils.set_random_seed(seed)
+        layer = biggan.SelfAttention(16)
+        layer.build((None, 4, 4, 16))
+        gammas.append(float(layer.gamma.numpy()[0]))
+    gammas = np.array(gammas)
+    assert np.all(np.abs(gammas) <= np.sqrt(3.0))
+    assert len(set(gammas)) == len(gammas)  # drawn, not a constant
+    assert 0.7 < np.std(gammas) < 1.3  # U(-sqrt 3, sqrt 3) has std 1
+
+
+REFERENCE = os.path.join(os.path.dirname(__file__), "data", "reference_biggan")
+
+
+@pytest.mark.slow
+def test_checkpoints_the_reference_code_wrote_compute_its_outputs():
+    # Saved by the reference's own `EBMBigGAN` (inside `create_ebm`'s
+    # wrapper) and `GenBigGANCond` (BigGAN-deep-256 resized to 224) under
+    # tf_keras (`tests/data/write_reference_biggan.py`): its key layout
+    # (`w`, `layer/bias`, `sn_u`, `mean`, `var`, `scale/w`, `gamma`, ...)
+    # loads with every key used, and computes what the reference computed.
+    out = np.load(os.path.join(REFERENCE, "outputs.npz"))
+    keys = [k for k, _ in tf.train.list_variables(os.path.join(REFERENCE, "ebm"))]
+    for key in ("rgb_conv/w/", "rgb_conv/layer/bias/", "rgb_conv/sn_u/"):
+        assert f"layer_with_weights-0/{key}.ATTRIBUTES/VARIABLE_VALUE" in keys
+    net = networks.build("ebm_biggan", image_shape=(64, 64, 3), channel_width=8)
+    networks.load_weights(net, os.path.join(REFERENCE, "ebm"))
+    np.testing.assert_allclose(net(out["x"]), out["energy"], rtol=2e-4, atol=1e-5)
+    kwargs = dict(channel_width=4, num_classes=10, latent_dim=16)
+    gen = networks.build(
+        "gen_biggan_deep256",
+        image_shape=(224, 224, 3),
+        truncation=float(out["truncation"]),
+        **kwargs,
+    )
+    networks.load_weights(gen, os.path.join(REFERENCE, "gen"))
+    latent = np.concatenate([out["z"], np.zeros((2, 1), "float32")], 1)
+    images = gen(latent, labels=out["labels"])
+    assert images.shape == (2, 224, 224, 3)
+    np.testing.assert_allclose(images[:, ::7, ::7], out["images"], rtol=1e-3, atol=2e-5)
 
 
 def test_checkpoint_keys_missing_or_extra_are_refused(tmp_path):

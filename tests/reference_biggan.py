@@ -9,8 +9,6 @@ reads the tensors by key. A loaded keras_ebm network must compute what this
 forward pass computes from the same checkpoint.
 """
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
@@ -177,9 +175,9 @@ def _attend(P, x, p):
     return x + P[f"{p}/gamma"] * o
 
 
-def ebm_forward(P, x, size):
-    """`EBMBigGAN.call` on the tensors `P` (keys of `ebm_spec`)."""
-    relu = tf.nn.relu
+def ebm_forward(P, x, size, relu=tf.nn.relu):
+    """`EBMBigGAN.call` on the tensors `P` (keys of `ebm_spec`); `relu`
+    replaces every ReLU (a smooth twin's activation)."""
     x = _conv(P, tf.constant(x), "rgb_conv")
     for i, item in enumerate(_plan(EBM_PLANS[size])):
         p = f"layers_out/{i}"
@@ -200,12 +198,23 @@ def ebm_forward(P, x, size):
 
 
 def _stats(P, p, truncation, n_stats):
-    coef, start = math.modf(truncation / (1.0 / (n_stats - 1)))
-    start = int(start)
-    mean, var = P[f"{p}/mean"][start], P[f"{p}/var"][start]
-    if coef != 0.0:
-        mean = mean * coef + P[f"{p}/mean"][start + 1] * (1 - coef)
-        var = var * coef + P[f"{p}/var"][start + 1] * (1 - coef)
+    """The statistics of `truncation` as the HuggingFace port reads them,
+    as a weighted sum of the table's rows: the position is `truncation`
+    divided by the step `1 / (n_stats - 1)` (divided, as the port does: 0.94
+    lands just below row 47); a whole position takes its row, any other the
+    row below it weighted by the fraction and the row above by the rest
+    (the port's weights, the reverse of linear interpolation)."""
+    position = truncation / (1.0 / (n_stats - 1))
+    below = int(np.floor(position))
+    fraction = position - below
+    weights = np.zeros(n_stats)
+    if fraction == 0.0:
+        weights[below] = 1.0
+    else:
+        weights[below], weights[below + 1] = fraction, 1.0 - fraction
+    weights = tf.constant(weights[None, :], tf.float32)
+    mean = tf.matmul(weights, P[f"{p}/mean"])[0]
+    var = tf.matmul(weights, P[f"{p}/var"])[0]
     return mean, var
 
 
