@@ -81,11 +81,29 @@ def test_the_ebm_smooth_twin_replaces_every_relu(tmp_path):
     ref.write(values, prefix, root="layer_with_weights-0")
     net = networks.build("ebm_biggan", image_shape=(64, 64, 3), channel_width=8)
     networks.load_weights(net, prefix)
-    x = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
-    with smooth.smooth_relu([net], 2.0):
-        twin = net(x)
-    want = ref.ebm_forward(values, x, 64, relu=lambda z: tf.nn.softplus(2.0 * z) / 2.0)
-    np.testing.assert_allclose(twin, want, rtol=2e-4, atol=1e-5)
+    x = tf.constant(np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)), tf.float32)
+
+    def value_and_grad(energy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            e = energy(x)
+            total = tf.reduce_sum(e)
+        return e.numpy(), tape.gradient(total, x).numpy()
+
+    def twin(x):
+        with smooth.smooth_relu([net], 2.0):
+            return net(x)
+
+    e, g = value_and_grad(twin)
+    want_e, want_g = value_and_grad(
+        lambda x: ref.ebm_forward(
+            values, x, 64, relu=lambda z: tf.nn.softplus(2 * z) / 2
+        )
+    )
+    np.testing.assert_allclose(e, want_e, rtol=2e-4, atol=1e-5)
+    # The input gradient (what the surrogate differentiates) sees every
+    # activation, the energy of this random network hardly any.
+    np.testing.assert_allclose(g, want_g, atol=1e-4 * np.abs(want_g).max())
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,7 @@ def _attend(P, x, p):
 def ebm_forward(P, x, size, relu=tf.nn.relu):
     """`EBMBigGAN.call` on the tensors `P` (keys of `ebm_spec`); `relu`
     replaces every ReLU (a smooth twin's activation)."""
-    x = _conv(P, tf.constant(x), "rgb_conv")
+    x = _conv(P, tf.convert_to_tensor(x), "rgb_conv")
     for i, item in enumerate(_plan(EBM_PLANS[size])):
         p = f"layers_out/{i}"
         if item == "attention":
