@@ -37,7 +37,9 @@ from keras_ebm import cli, run  # noqa: E402
 flags.DEFINE_integer("repeats", 3, "timed calls per measurement (median)")
 flags.DEFINE_integer("memory_images", 8, "images per memory measurement")
 flags.DEFINE_list("memory_k_defs", ["100", "1000"], "K_def of the memory cases")
-flags.DEFINE_float("beta", 20.0, "the surrogate's beta")
+flags.DEFINE_float(
+    "beta", 0.0, "the surrogate's beta (0: the config's first surrogate_betas)"
+)
 
 
 def load(config, workdir):
@@ -74,10 +76,11 @@ def speed(config, workdir):
     )
     bpda = report.settings_of(config)
     spsa = report.spsa_settings(config)
+    beta = flags.FLAGS.beta or config.attack.surrogate_betas[0]
     estimators = {
         "bpda_eot_gradient": bpda,
         "full_gradient": report.full_gradient_settings(config, k),
-        "surrogate": report.surrogate_settings(config, k, flags.FLAGS.beta),
+        "surrogate": report.surrogate_settings(config, k, beta),
         "spsa": spsa,
     }
     steps = {"langevin_core": core}
@@ -127,7 +130,7 @@ def speed(config, workdir):
         chains=b * h,
         k_def=k,
         segment=gradients.segment_length(k),
-        beta=flags.FLAGS.beta,
+        beta=beta,
         spsa_samples=spsa.spsa_samples,
         spsa_replicates=spsa.adv_replicates,
     )

@@ -277,10 +277,15 @@ def finite_difference_gradient(
             for part in halves
         ]
 
+    from tqdm import tqdm
+
+    starts = range(0, dim, per_call)
+    # Minutes per image on a CPU: one tick per chunk of directions.
+    bar = tqdm(total=len(x) * len(starts), desc="finite differences", unit="chunk")
     out = [[], [], []]
     for i in range(len(x)):
         parts = [[], [], []]
-        for start in range(0, dim, per_call):
+        for start in starts:
             gains = chunk(
                 tf.constant(np.asarray(x[i : i + 1], np.float32)),
                 tf.constant(int(labels[i]), tf.int32),
@@ -289,8 +294,10 @@ def finite_difference_gradient(
             )
             for part, g in zip(parts, gains, strict=True):
                 part.append(g.numpy())
+            bar.update()
         for o, part in zip(out, parts, strict=True):
             o.append(np.concatenate(part).reshape(shape))
+    bar.close()
     return tuple(np.stack(o) for o in out)
 
 

@@ -37,11 +37,16 @@ def write_steps(out, attacks):
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for n in names:
         seeds = len(attacks[n]["seeds"])
+        label = f"{n} ({seeds} seed{'s' * (seeds > 1)}"
+        # A cascade's curve is over the survivors it attacked, not the set.
+        of = attacks[n].get("cascade_of")
+        if of:
+            label += f"; on the {attacks[n]['num_images']} survivors of {of[0]}"
         ax.plot(
             np.arange(-1, len(attacks[n]["curve"]) - 1),
             attacks[n]["curve"],
-            ".-",
-            label=f"{n} ({seeds} seed{'s' * (seeds > 1)})",
+            "--" if of else ".-",
+            label=label + ")",
             ms=3,
         )
     ax.set_xlabel("PGD step (-1 = natural images)")
