@@ -89,6 +89,7 @@ def test_surrogate_spsa_and_the_gradient_check_in_the_report(smoke_runs, capsys)
         surrogate=True,
         surrogate_betas=(5.0, 50.0),
         surrogate_loss="margin",
+        surrogate_num_steps=c.attack.num_steps + 1,
         spsa=True,
         spsa_samples=3,
         spsa_delta=0.02,
@@ -122,6 +123,7 @@ def test_surrogate_spsa_and_the_gradient_check_in_the_report(smoke_runs, capsys)
     for name, beta in (("surrogate_b5", 5.0), ("surrogate_b50", 50.0)):
         s = attacks[name]["settings"]
         assert s["surrogate_beta"] == beta and s["grad_steps"] == c.defense.num_steps
+        assert s["num_steps"] == c.attack.num_steps + 1
     s = attacks["spsa"]["settings"]
     assert (s["spsa_samples"], s["adv_replicates"], s["num_steps"]) == (3, 1, 1)
     assert s["momentum"] == 0.5
@@ -275,3 +277,38 @@ def test_evaluation_sections_may_change_without_blocking_a_resume(tmp_path):
     c.langevin.num_steps = 5
     with pytest.raises(run.ConfigError, match="langevin.num_steps"):
         training.check_workdir(c, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("surrogate_betas", ()),
+        ("surrogate_betas", (20.0, 0.0)),
+        ("surrogate_loss", "hinge"),
+        ("surrogate_num_steps", -1),
+        ("surrogate_images", -1),
+        ("spsa_samples", 0),
+        ("spsa_delta", 0.0),
+        ("spsa_momentum", 1.0),
+        ("spsa_replicates", -1),
+        ("spsa_num_steps", -1),
+        ("spsa_images", -1),
+        ("spsa_loss", "hinge"),
+        ("gradient_check_loss", "hinge"),
+        ("gradient_check_replicates", 3),
+        ("gradient_check_delta", 0.0),
+        ("gradient_check_draws", 0),
+        ("surrogate_seeds", 4),
+        ("spsa_seeds", 0),
+    ],
+)
+def test_a_bad_attack_setting_is_refused_naming_it(field, value):
+    # The digits preset itself passes; one bad field is refused by name
+    # before anything runs.
+    from keras_ebm.errors import ConfigError
+
+    c = midrun.get_config("digits")
+    midrun_regime.check_attack(c)
+    c.attack[field] = value
+    with pytest.raises(ConfigError, match="config.attack."):
+        midrun_regime.check_attack(c)

@@ -99,6 +99,7 @@ def get_config(arg="digits"):
             surrogate_loss="ce",
             surrogate_seeds=1,
             surrogate_images=0,
+            surrogate_num_steps=0,  # 0 = num_steps
             spsa=False,
             spsa_samples=32,
             spsa_delta=0.01,

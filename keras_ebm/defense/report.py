@@ -163,11 +163,13 @@ def run_attack(
 def surrogate_settings(config, k_def, beta):
     """The surrogate attack at `beta`: every purification step
     differentiated through the EBM's smooth twin, loss
-    `attack.surrogate_loss`."""
+    `attack.surrogate_loss`, `attack.surrogate_num_steps` PGD steps (0:
+    `num_steps`)."""
     a = config.attack
     return settings_of(
         config,
         loss=a.surrogate_loss,
+        num_steps=a.get("surrogate_num_steps", 0) or a.num_steps,
         grad_steps=k_def,
         checkpoint_every=a.checkpoint_every,
         surrogate_beta=float(beta),

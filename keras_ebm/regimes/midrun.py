@@ -96,10 +96,17 @@ def check_attack(config):
         "SPSA needs spsa_samples >= 1 pairs, spsa_delta > 0 and 0 <= spsa_momentum < 1",
     )
     require(
-        min(a.spsa_replicates, a.spsa_num_steps, a.spsa_images, a.surrogate_images)
+        min(
+            a.spsa_replicates,
+            a.spsa_num_steps,
+            a.spsa_images,
+            a.surrogate_images,
+            a.get("surrogate_num_steps", 0),
+        )
         >= 0,
         "attack.spsa_replicates",
-        "spsa_replicates, spsa_num_steps and the image counts must be >= 0",
+        "spsa_replicates, spsa_num_steps, surrogate_num_steps and the image "
+        "counts must be >= 0",
     )
     require(
         a.gradient_check_images >= 0
