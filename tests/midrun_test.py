@@ -2,6 +2,7 @@
 classifiers it defends: run directories, `.keras` files, SavedModels."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -101,10 +102,12 @@ def test_surrogate_spsa_and_the_gradient_check_in_the_report(smoke_runs, capsys)
         gradient_check_images=1,
         gradient_check_replicates=2,
         gradient_check_draws=2,
+        long_steps=c.attack.num_steps + 2,
         report_name="beyond_bpda",
     )
     results = run.evaluate(c, str(root / "mid"))
     attacks = results["attacks"]
+    longer = {k: attacks.pop(k) for k in list(attacks) if k.endswith("_n4")}
     assert list(attacks) == [
         "undefended",
         "bpda_eot",
@@ -112,6 +115,15 @@ def test_surrogate_spsa_and_the_gradient_check_in_the_report(smoke_runs, capsys)
         "surrogate_b50",
         "spsa",
     ]
+    # The longer runs: on what every attack before them left (none left:
+    # not run), 4 PGD steps, in order after SPSA, each in the worst case.
+    assert list(longer) == ["bpda_eot_n4", "surrogate_b5_n4", "surrogate_b50_n4"][
+        : len(longer)
+    ]
+    for k, r in longer.items():
+        assert r["settings"]["num_steps"] == 4 and r["cascade_of"] == [8]
+        assert len(r["curve"]) == 4 + 2
+    print("longer runs:", {k: r["num_images"] for k, r in longer.items()})
     how = {k: (r["estimator"], r["loss"]) for k, r in attacks.items()}
     assert how == {
         "undefended": ("bpda", "ce"),
@@ -134,7 +146,9 @@ def test_surrogate_spsa_and_the_gradient_check_in_the_report(smoke_runs, capsys)
     n_spsa = attacks["spsa"]["num_images"]
     assert 1 <= n_spsa <= 4
     w = results["worst_case"]
-    assert w["attacks"] == ["bpda_eot", "surrogate_b5", "surrogate_b50", "spsa"]
+    assert w["attacks"] == ["bpda_eot", "surrogate_b5", "surrogate_b50", "spsa"] + list(
+        longer
+    )
     assert w["num_images"] == 4  # the images every attack covered
     assert "spsa" not in results["disjoint"]  # its interval is over survivors
     check = results["gradient_check"]
@@ -300,6 +314,8 @@ def test_evaluation_sections_may_change_without_blocking_a_resume(tmp_path):
         ("gradient_check_draws", 0),
         ("surrogate_seeds", 4),
         ("spsa_seeds", 0),
+        ("long_steps", -1),
+        ("long_steps", 50),  # not longer than num_steps
     ],
 )
 def test_a_bad_attack_setting_is_refused_naming_it(field, value):
@@ -312,3 +328,25 @@ def test_a_bad_attack_setting_is_refused_naming_it(field, value):
     c.attack[field] = value
     with pytest.raises(ConfigError, match="config.attack."):
         midrun_regime.check_attack(c)
+
+
+def test_long_steps_repeat_each_gradient_attack_on_what_all_left_standing():
+    from keras_ebm.defense import report
+
+    c = midrun.get_config("digits")
+    c.attack.update(long_steps=120, adaptive=True, surrogate_betas=(20.0, 100.0))
+    plan = report.defended_attacks(c, c.defense.num_steps)
+    first = {p.name: p for p in plan if not p.longer_run_of}
+    longer = [p for p in plan if p.longer_run_of]
+    assert [p.name for p in plan[: len(first)]] == list(first)  # after them all
+    assert [p.longer_run_of for p in longer] == [
+        n for n, p in first.items() if p.settings.estimator != "spsa"
+    ]
+    assert "spsa" in first and len(longer) == 4
+    for p in longer:
+        base = first[p.longer_run_of]
+        assert p.name == f"{base.name}_n120" and p.cascade
+        assert p.settings == dataclasses.replace(base.settings, num_steps=120)
+        assert p.seeds == base.seeds[:1] and p.count == base.count
+    c.attack.long_steps = 0
+    assert not any(p.longer_run_of for p in report.defended_attacks(c, 100))

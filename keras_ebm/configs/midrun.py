@@ -113,6 +113,10 @@ def get_config(arg="digits"):
             # with the same seed (AutoAttack's cascade): the same worst
             # case at the survivors' cost; its own row is over them.
             spsa_cascade=False,
+            # Each gradient attack again with long_steps PGD steps (0 = off;
+            # more than num_steps) on the images all of them left standing,
+            # first seed: does the curve flatten past the attacks' end?
+            long_steps=0,
             # Gradient quality: at the first gradient_check_images images
             # plus a random start in the ball (PGD's first iterate), each
             # attack's gradient of gradient_check_loss against central
@@ -180,6 +184,9 @@ def get_config(arg="digits"):
             spsa_replicates=2,
             spsa_momentum=0.5,
             spsa_cascade=True,
+            # BPDA+EOT and the surrogate again with twice the PGD steps on
+            # what all three left: their curves' last fifth past step 50.
+            long_steps=100,
             gradient_check_images=4,
         )
     elif arg == "smoke":

@@ -203,6 +203,8 @@ class Planned:
         cascade: attack only the images every attack planned before it left
             standing with the same seed (AutoAttack's order: the worst case
             is the same, the cost that of the survivors).
+        longer_run_of: the attack this one repeats with more PGD steps (its
+            gradient is that attack's: the gradient check skips it).
     """
 
     name: str
@@ -210,13 +212,17 @@ class Planned:
     seeds: tuple
     count: int = None
     cascade: bool = False
+    longer_run_of: str = ""
 
 
 def defended_attacks(config, k_def):
     """`[Planned]`: every attack on the defended classifier that
     `config.attack` asks for, in order: BPDA+EOT; the full gradient
     (`adaptive`); the surrogate at each of `surrogate_betas` (`surrogate`);
-    SPSA (`spsa`; on the survivors of the others with `spsa_cascade`)."""
+    SPSA (`spsa`; on the survivors of the others with `spsa_cascade`);
+    then (`long_steps` > 0) each gradient attack again, `long_steps` PGD
+    steps with its first seed, on what all of these left standing
+    (`<name>_n<long_steps>`)."""
     a = config.attack
     seeds = tuple(attack_seeds(config))
     plan = [Planned("bpda_eot", settings_of(config), seeds)]
@@ -246,6 +252,23 @@ def defended_attacks(config, k_def):
                 cascade=bool(a.get("spsa_cascade", False)),
             )
         )
+    long_steps = a.get("long_steps", 0)
+    if long_steps:
+        # A monotone record under fresh verification noise keeps falling a
+        # little with every iterate; whether the attacks had converged is
+        # seen only past their end, where it matters (on the survivors).
+        plan += [
+            Planned(
+                f"{p.name}_n{long_steps}",
+                dataclasses.replace(p.settings, num_steps=long_steps),
+                p.seeds[:1],
+                p.count,
+                cascade=True,
+                longer_run_of=p.name,
+            )
+            for p in list(plan)
+            if p.settings.estimator != "spsa"
+        ]
     return plan
 
 
@@ -431,7 +454,7 @@ def gradient_check(config, defended, images, labels, plan, out):
 
     a = config.attack
     n = a.gradient_check_images
-    estimators = {p.name: p.settings for p in plan}
+    estimators = {p.name: p.settings for p in plan if not p.longer_run_of}
     params = dict(
         loss=a.gradient_check_loss,
         replicates=a.gradient_check_replicates,

@@ -109,6 +109,11 @@ def check_attack(config):
         "counts must be >= 0",
     )
     require(
+        a.get("long_steps", 0) == 0 or a.long_steps > a.num_steps,
+        "attack.long_steps",
+        f"long_steps must be 0 (off) or more than num_steps ({a.num_steps})",
+    )
+    require(
         a.gradient_check_images >= 0
         and a.gradient_check_replicates >= 2
         and a.gradient_check_replicates % 2 == 0
