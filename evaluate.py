@@ -19,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # see BUILD_NOTES: TF loggin
 
 from absl import app, flags  # noqa: E402
 
-from keras_ebm import cli, run  # noqa: E402
+from keras_ebm import run  # noqa: E402
+from keras_ebm.cli import parse  # noqa: E402
 
 flags.DEFINE_bool("export", False, "write a SavedModel to <workdir>/export instead")
 
@@ -36,8 +37,8 @@ def evaluate(config, workdir):
 
 # --help lists the shared flags (--regime, --dataset, --workdir, --config,
 # --list_fields) as this script's own.
-flags.adopt_module_key_flags(cli)
-main = cli.command(evaluate)
+flags.adopt_module_key_flags(parse)
+main = parse.command(evaluate)
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=parse.parse_flags)

@@ -19,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # see BUILD_NOTES: TF loggin
 
 from absl import app, flags  # noqa: E402
 
-from keras_ebm import cli, run  # noqa: E402
+from keras_ebm import run  # noqa: E402
+from keras_ebm.cli import parse  # noqa: E402
 
 
 def train(config, workdir):
@@ -33,8 +34,8 @@ def train(config, workdir):
 
 # --help lists the shared flags (--regime, --dataset, --workdir, --config,
 # --list_fields) as this script's own.
-flags.adopt_module_key_flags(cli)
-main = cli.command(train)
+flags.adopt_module_key_flags(parse)
+main = parse.command(train)
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=parse.parse_flags)

@@ -32,7 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
-from keras_ebm import cli, run  # noqa: E402
+from keras_ebm import run  # noqa: E402
+from keras_ebm.cli import parse  # noqa: E402
 
 flags.DEFINE_integer("repeats", 3, "timed calls per measurement (median)")
 flags.DEFINE_integer("memory_images", 8, "images per memory measurement")
@@ -43,12 +44,13 @@ flags.DEFINE_float(
 
 
 def load(config, workdir):
-    from keras_ebm import training
+    from keras_ebm import classify
     from keras_ebm.defense import report
     from keras_ebm.regimes import midrun
+    from keras_ebm.runs import training
 
     model, _ = training.load_trained(config, workdir, midrun.build)
-    classifier = midrun.load_classifier(config.defense.classifier_workdir)
+    classifier = classify.load_to_defend(config.defense.classifier_workdir)
     images, labels = report.test_set(config)
     return model, classifier, images, labels
 
@@ -185,7 +187,7 @@ def memory(config, workdir, k_defs):
 
 
 def main(argv):
-    config, workdir = cli.resolved()
+    config, workdir = parse.resolved()
     config = run.run_config(config, workdir)
     result = dict(
         speed=speed(config, workdir),
@@ -198,4 +200,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=parse.parse_flags)

@@ -21,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_ebm import cli, run  # noqa: E402
+from keras_ebm import run  # noqa: E402
+from keras_ebm.cli import answers, parse  # noqa: E402
 from keras_ebm.defense import attack, purify, report  # noqa: E402
 from tests.standalone import run_without_keras_ebm  # noqa: E402
 
@@ -29,8 +30,8 @@ flags.DEFINE_integer("batch_size", 32, "images per predict call")
 
 
 def main(argv):
-    with cli.one_line_errors():
-        check(*cli.resolved())
+    with answers.one_line_errors():
+        check(*parse.resolved())
 
 
 def check(config, workdir):
@@ -92,4 +93,4 @@ def check(config, workdir):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=parse.parse_flags)

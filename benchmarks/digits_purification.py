@@ -26,7 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_ebm import cli, run  # noqa: E402
+from keras_ebm import run  # noqa: E402
+from keras_ebm.cli import parse  # noqa: E402
 
 flags.DEFINE_list("step_sizes", ["0.01", "0.02", "0.03"], "purification eps")
 flags.DEFINE_list("k_defs", ["100", "200", "400"], "purification steps")
@@ -42,14 +43,15 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from keras_ebm import training
+    from keras_ebm import classify
     from keras_ebm.defense import attack, report
     from keras_ebm.regimes import midrun
+    from keras_ebm.runs import training
 
-    config, workdir = cli.resolved()
+    config, workdir = parse.resolved()
     config = run.run_config(config, workdir)
     model, step = training.load_trained(config, workdir, midrun.build)
-    classifier = midrun.load_classifier(config.defense.classifier_workdir)
+    classifier = classify.load_to_defend(config.defense.classifier_workdir)
     images, labels = report.test_set(config)
     x = tf.constant(images)
     y = tf.constant(labels, tf.int32)
@@ -165,4 +167,4 @@ def undefended_pgd(config, classifier, x, y, model):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=parse.parse_flags)

@@ -23,15 +23,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 
-from keras_ebm import cli, run  # noqa: E402
+from keras_ebm import run  # noqa: E402
+from keras_ebm.cli import parse  # noqa: E402
 
 
 def main(argv):
-    from keras_ebm import training
     from keras_ebm.defense import outputs, report
     from keras_ebm.regimes import midrun
+    from keras_ebm.runs import training
 
-    config, workdir = cli.resolved()
+    config, workdir = parse.resolved()
     config = run.run_config(config, workdir)
     if not config.attack.gradient_check_images:
         config.attack.gradient_check_images = 4
@@ -50,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=parse.parse_flags)

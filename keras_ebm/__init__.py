@@ -20,9 +20,9 @@ NHWC in [-1, 1]):
 See "Use it as a library" in the README.
 """
 
-from keras_ebm import _quiet
+from keras_ebm.cli import quiet
 
-_quiet.import_tensorflow()
+quiet.import_tensorflow()
 
 from keras_ebm import configs, networks, run  # noqa: E402
 from keras_ebm.defense.purify import DefendedClassifier, export_defended  # noqa: E402

@@ -1,14 +1,18 @@
-"""Training and loading the classifiers of the `classifier` regime."""
+"""Classifiers: training and loading those of the `classifier` regime
+(`train`, `load`), and loading any classifier to defend (`load_to_defend`:
+a run, a `.keras` file, a SavedModel or a `keras.applications` network)."""
 
 import json
 import os
 
 import keras
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import checkpoints, data, distribute, files, networks
+from keras_ebm import data, distribute, networks
 from keras_ebm.errors import ConfigError
+from keras_ebm.runs import checkpoints, files
 
 WEIGHTS = "classifier.weights.h5"
 
@@ -35,7 +39,7 @@ def train(config, workdir):
     chief = distribute.is_chief(strategy)
     # Seeded initial weights: one config trains one classifier in any
     # process (FID features are comparable only under one classifier). TF's
-    # global seed is cleared as in keras_ebm.training.
+    # global seed is cleared as in keras_ebm.runs.training.
     keras.utils.set_random_seed(config.seed)
     tf.random.set_seed(None)
     with strategy.scope():
@@ -132,3 +136,86 @@ def load(config, workdir):
 def accuracy(model, images, labels, batch_size=256):
     logits = model.predict(images, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(logits, 1) == labels))
+
+
+class SavedModelClassifier(keras.layers.Layer):
+    """A classifier given as a SavedModel: its `logits` endpoint (or
+    `serving_default`), images -> logits; a dict output with one entry is
+    unpacked."""
+
+    def __init__(self, path, **kwargs):
+        super().__init__(**kwargs)
+        loaded = tf.saved_model.load(path)
+        endpoint = "logits" if hasattr(loaded, "logits") else "serving_default"
+        if endpoint == "serving_default" and endpoint not in loaded.signatures:
+            raise ValueError(
+                f"the SavedModel at {path!r} has neither a `logits` function nor a "
+                "serving_default signature"
+            )
+        self.endpoint = endpoint
+        self.layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint)
+        # Nothing to build: the SavedModel holds the weights. Built, the
+        # wrapper can be tracked by an export (`export_defended`).
+        self.built = True
+
+    def call(self, x, training=False):
+        out = self.layer(x)
+        if isinstance(out, dict):
+            if len(out) != 1:
+                raise ValueError(
+                    f"the classifier's {self.endpoint} returns {sorted(out)}; "
+                    "expected one output, the logits"
+                )
+            out = next(iter(out.values()))
+        return out
+
+
+APPLICATIONS = "keras.applications."
+
+
+def application_classifier(spec):
+    """`keras.applications.<Name>:<weights>`, e.g.
+    `keras.applications.EfficientNetB7:/weights/efficientnetb7.h5`: the
+    Keras application with its top, returning logits (no softmax), its
+    weights from a local file, or `imagenet` to download them (machines
+    with network). Its input is its own (EfficientNet-B7: 600x600 in
+    [0, 255]); `defense.classifier_input_size` / `classifier_input_range`
+    adapt the EBM's states to it."""
+    name, _, weights = spec[len(APPLICATIONS) :].partition(":")
+    cls = getattr(keras.applications, name, None)
+    if cls is None or not callable(cls):
+        raise ConfigError(f"defense.classifier_workdir: no keras.applications.{name}")
+    if not weights:
+        raise ConfigError(
+            f"defense.classifier_workdir: {spec} needs weights after ':', a "
+            "local file (e.g. efficientnetb7.h5) or imagenet (downloads them)"
+        )
+    if weights != "imagenet" and not os.path.isfile(weights):
+        raise FileNotFoundError(f"no weights file {weights!r} for {name}")
+    return cls(weights=weights, classifier_activation=None)
+
+
+def load_to_defend(path):
+    """The classifier to defend (the one place that loads one): a
+    classifier-regime run directory (`load`), a
+    `.keras` file, a SavedModel with a `logits` endpoint (or a
+    serving_default signature returning logits), or a Keras application
+    with its weights (`application_classifier`)."""
+    if path.startswith(APPLICATIONS):
+        return application_classifier(path)
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no classifier file {path!r}")
+        return keras.models.load_model(path, compile=False)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return SavedModelClassifier(path)
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"no classifier run in {path!r}; train one with `python train.py "
+            "--regime=classifier --dataset=<dataset>` or set "
+            "--config.defense.classifier_workdir"
+        )
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    return load(config, path)

@@ -20,7 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_ebm import cli, errors, files, networks  # noqa: E402
+from keras_ebm import errors, networks  # noqa: E402
+from keras_ebm.cli import answers  # noqa: E402
+from keras_ebm.runs import files
 
 flags.DEFINE_string("network", None, "a registered network, e.g. ebm_sngan32")
 flags.DEFINE_string("checkpoint", None, "TF checkpoint prefix (prefix.index)")
@@ -54,7 +56,7 @@ def convert(name, checkpoint, output, **kwargs):
 
 
 def main(argv):
-    with cli.one_line_errors():
+    with answers.one_line_errors():
         if len(argv) > 1:
             raise errors.ConfigError(f"unexpected arguments {' '.join(argv[1:])}")
         f = flags.FLAGS

@@ -22,7 +22,7 @@ class CheckpointError(RuntimeError):
 
 
 class Diverged(RuntimeError):
-    """Training stopped by the divergence guard (`keras_ebm.guard`)."""
+    """Training stopped by the divergence guard (`keras_ebm.runs.guard`)."""
 
 
 class Interrupted(KeyboardInterrupt):

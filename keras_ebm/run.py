@@ -1,10 +1,11 @@
 """`train`, `evaluate` and `export` of a config and a workdir: what
 `train.py` and `evaluate.py` call, dispatched to the config's regime
-(`keras_ebm.regimes`). The shared machinery is in `keras_ebm.training`.
+(`keras_ebm.regimes`). The shared machinery is in `keras_ebm.runs.training`.
 """
 
-from keras_ebm import data, interrupt, regimes, training  # noqa: F401  (run.data)
-from keras_ebm.training import ConfigError, load_trained, run_config  # noqa: F401
+from keras_ebm import data, regimes  # noqa: F401  (run.data)
+from keras_ebm.runs import interrupt, training
+from keras_ebm.runs.training import ConfigError, load_trained, run_config  # noqa: F401
 
 
 def regime_of(config):

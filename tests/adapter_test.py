@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import keras_ebm
+from keras_ebm import classify
 from keras_ebm.defense import adapter, purify
 
 
@@ -75,7 +76,7 @@ def test_midrun_wires_the_configured_adapter(monkeypatch):
     from keras_ebm.regimes import midrun
 
     clf = range_classifier()
-    monkeypatch.setattr(midrun, "load_classifier", lambda path: clf)
+    monkeypatch.setattr(classify, "load_to_defend", lambda path: clf)
     config = midrun_configs.get_config("smoke")
     assert midrun.classifier_of(config) is clf  # [-1, 1] at the EBM's size
     config.defense.update(classifier_input_size=8, classifier_input_range=(0, 255))
@@ -91,18 +92,17 @@ def test_midrun_wires_the_configured_adapter(monkeypatch):
 
 @pytest.mark.slow  # an EfficientNet (B0 stands in for B7: the same code path)
 def test_a_keras_application_from_a_local_weights_file(tmp_path):
-    from keras_ebm.regimes import midrun
 
     net = keras.applications.EfficientNetB0(weights=None, classifier_activation=None)
     path = str(tmp_path / "b0.weights.h5")
     net.save_weights(path)
-    loaded = midrun.load_classifier(f"keras.applications.EfficientNetB0:{path}")
+    loaded = classify.load_to_defend(f"keras.applications.EfficientNetB0:{path}")
     x = tf.random.stateless_uniform((2, 224, 224, 3), [0, 3], 0, 255)
     np.testing.assert_allclose(loaded(x), net(x), rtol=1e-4, atol=1e-4)
     assert float(tf.reduce_min(loaded(x))) < 0  # logits, not probabilities
     with pytest.raises(FileNotFoundError, match="no weights file"):
-        midrun.load_classifier("keras.applications.EfficientNetB0:/nowhere.h5")
+        classify.load_to_defend("keras.applications.EfficientNetB0:/nowhere.h5")
     with pytest.raises(keras_ebm.ConfigError, match="needs weights"):
-        midrun.load_classifier("keras.applications.EfficientNetB0")
+        classify.load_to_defend("keras.applications.EfficientNetB0")
     with pytest.raises(keras_ebm.ConfigError, match="no keras.applications.Nope"):
-        midrun.load_classifier("keras.applications.Nope:x.h5")
+        classify.load_to_defend("keras.applications.Nope:x.h5")

@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from keras_ebm import checkpoints, files, run
+from keras_ebm import run
 from keras_ebm.configs import shortrun
 from keras_ebm.errors import CheckpointError, WriteError
+from keras_ebm.runs import checkpoints, files
 from tests import processes
 
 pytestmark = pytest.mark.slow
@@ -335,14 +336,14 @@ def test_unverifiable_checkpoints_are_refused_until_accepted(trained, tmp_path, 
         run.train(smoke(), workdir)
     message = str(e.value)
     assert "no verified checkpoint" in message and "\n" not in message
-    assert f"python -m keras_ebm.checkpoints --accept={newest}" in message
+    assert f"python -m keras_ebm.runs.checkpoints --accept={newest}" in message
     assert checkpoints.main(["checkpoints", f"--accept={newest}"]) == 0
     step, _, record = checkpoints.restore(_model(), workdir)
     assert step == 4 and record["accepted"] and "state_digest" not in record
 
 
 def test_the_guard_run_state_survives_a_lost_manifest(trained, tmp_path, capsys):
-    from keras_ebm import fit_loop
+    from keras_ebm.runs import fit_loop
 
     workdir, newest = _copy(trained, tmp_path)
     model = _model()
@@ -400,7 +401,7 @@ def test_a_kill_inside_a_rollback_re_save_resumes_consistently(
 
 
 def test_the_checkpointer_never_saves_a_flagged_state(trained, tmp_path):
-    from keras_ebm import callbacks, guard
+    from keras_ebm.runs import callbacks, guard
 
     workdir, _ = _copy(trained, tmp_path)
     model, _ = run.load_trained(smoke(), workdir)
@@ -420,7 +421,7 @@ def _signal_in_write(monkeypatch, step, *signals):
     """Sends `signals` to this process inside the write of checkpoint
     `step`, each handled before the next (a pending signal of a number
     absorbs a second of the same), after part of the file is out."""
-    from keras_ebm import interrupt
+    from keras_ebm.runs import interrupt
 
     write = checkpoints._write_weights
 

@@ -7,7 +7,8 @@ import pytest
 from absl import app
 from absl.testing import parameterized
 
-from keras_ebm import cli, run
+from keras_ebm import run
+from keras_ebm.cli import presets
 from keras_ebm.configs import classifier, shortrun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,32 +72,39 @@ class ConfigsTest(parameterized.TestCase):
 
     def test_default_workdirs_keep_toy_densities_apart(self):
         config = shortrun.get_config("toy2d")
-        self.assertEqual(cli.default_workdir(config), "runs/shortrun/toy2d_gmm")
+        self.assertEqual(presets.default_workdir(config), "runs/shortrun/toy2d_gmm")
         config.data.toy = "rings"
-        self.assertEqual(cli.default_workdir(config), "runs/shortrun/toy2d_rings")
+        self.assertEqual(presets.default_workdir(config), "runs/shortrun/toy2d_rings")
         self.assertEqual(
-            cli.default_workdir(shortrun.get_config("digits")), "runs/shortrun/digits"
+            presets.default_workdir(shortrun.get_config("digits")),
+            "runs/shortrun/digits",
         )
         # The preset names the folder, not the data it reads (smoke: digits).
         self.assertEqual(
-            cli.default_workdir(shortrun.get_config("smoke")), "runs/shortrun/smoke"
+            presets.default_workdir(shortrun.get_config("smoke")), "runs/shortrun/smoke"
         )
 
     def test_flags_resolve_to_config_files(self):
-        argv = cli.resolve_argv(["train.py", "--regime=shortrun", "--dataset=cifar10"])
-        self.assertIn(f"--config={cli.CONFIGS}/shortrun.py:cifar10", argv)
-        argv = cli.resolve_argv(["train.py", "--regime", "shortrun"])
-        self.assertIn(f"--config={cli.CONFIGS}/shortrun.py:digits", argv)
-        argv = cli.resolve_argv(["train.py", "--config=x.py:y"])
+        argv = presets.resolve_argv(
+            ["train.py", "--regime=shortrun", "--dataset=cifar10"]
+        )
+        self.assertIn(f"--config={presets.CONFIGS}/shortrun.py:cifar10", argv)
+        argv = presets.resolve_argv(["train.py", "--regime", "shortrun"])
+        self.assertIn(f"--config={presets.CONFIGS}/shortrun.py:digits", argv)
+        argv = presets.resolve_argv(["train.py", "--config=x.py:y"])
         self.assertEqual(argv, ["train.py", "--config=x.py:y"])
-        argv = cli.resolve_argv(["train.py", "--regime=classifier"])
-        self.assertIn(f"--config={cli.CONFIGS}/classifier.py:digits", argv)
-        argv = cli.resolve_argv(["train.py", "--regime=longrun", "--dataset=celeb_a"])
-        self.assertIn(f"--config={cli.CONFIGS}/longrun.py:celeb_a", argv)
-        argv = cli.resolve_argv(["train.py", "--regime=midrun", "--dataset=cifar10"])
-        self.assertIn(f"--config={cli.CONFIGS}/midrun.py:cifar10", argv)
+        argv = presets.resolve_argv(["train.py", "--regime=classifier"])
+        self.assertIn(f"--config={presets.CONFIGS}/classifier.py:digits", argv)
+        argv = presets.resolve_argv(
+            ["train.py", "--regime=longrun", "--dataset=celeb_a"]
+        )
+        self.assertIn(f"--config={presets.CONFIGS}/longrun.py:celeb_a", argv)
+        argv = presets.resolve_argv(
+            ["train.py", "--regime=midrun", "--dataset=cifar10"]
+        )
+        self.assertIn(f"--config={presets.CONFIGS}/midrun.py:cifar10", argv)
         with self.assertRaisesRegex(app.UsageError, "unknown --regime"):
-            cli.resolve_argv(["train.py", "--regime=nope"])
+            presets.resolve_argv(["train.py", "--regime=nope"])
 
     def test_workdir_alone_finds_its_regime_and_preset(self):
         import tempfile
@@ -106,15 +114,15 @@ class ConfigsTest(parameterized.TestCase):
             f.write(
                 '{"regime": "midrun", "preset": "smoke", "data": {"name": "digits"}}'
             )
-        argv = cli.resolve_argv(["evaluate.py", f"--workdir={workdir}"])
-        self.assertIn(f"--config={cli.CONFIGS}/midrun.py:smoke", argv)
+        argv = presets.resolve_argv(["evaluate.py", f"--workdir={workdir}"])
+        self.assertIn(f"--config={presets.CONFIGS}/midrun.py:smoke", argv)
         # Explicit flags win; a folder without a run falls back to the default.
-        argv = cli.resolve_argv(
+        argv = presets.resolve_argv(
             ["evaluate.py", f"--workdir={workdir}", "--regime=prior"]
         )
-        self.assertIn(f"--config={cli.CONFIGS}/prior.py:digits", argv)
-        argv = cli.resolve_argv(["evaluate.py", f"--workdir={workdir}/none"])
-        self.assertIn(f"--config={cli.CONFIGS}/shortrun.py:digits", argv)
+        self.assertIn(f"--config={presets.CONFIGS}/prior.py:digits", argv)
+        argv = presets.resolve_argv(["evaluate.py", f"--workdir={workdir}/none"])
+        self.assertIn(f"--config={presets.CONFIGS}/shortrun.py:digits", argv)
 
 
 LONGRUN_PRESETS = ["digits", "smoke", "toy2d", "cifar10", "cifar10_data", "celeb_a"]

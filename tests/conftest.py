@@ -5,9 +5,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_ebm import _quiet  # noqa: E402
 
-_quiet.import_tensorflow()  # without TF's start-up banner
+from keras_ebm.cli import quiet  # noqa: E402
+
+quiet.import_tensorflow()  # without TF's start-up banner
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

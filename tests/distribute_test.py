@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import distribute, guard, run
+from keras_ebm import distribute, run
 from keras_ebm.models import EnergyModel
+from keras_ebm.runs import guard
 from keras_ebm.sampling import SampleBank
 from tests.conftest import mirrored_strategy
 from tests.energy_model_test import data_batch, smoke_config

@@ -2,7 +2,7 @@
 a non-zero exit, no traceback, and writes nothing.
 
 `CLI_CASES` runs `train.py` and `evaluate.py` in this process (their absl
-`main`, after `cli.parse_flags`), `LIBRARY_CASES` the library's entry points
+`main`, after `parse.parse_flags`), `LIBRARY_CASES` the library's entry points
 and a loaded SavedModel; `test_real_processes_print_one_line` runs two
 cases as real processes.
 """
@@ -22,7 +22,8 @@ from PIL import Image
 import evaluate
 import keras_ebm
 import train
-from keras_ebm import cli, run
+from keras_ebm import run
+from keras_ebm.cli import parse
 from keras_ebm.configs import classifier, shortrun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +49,7 @@ def invoke(script, argv, capfd):
     argv = [f"{script.__name__}.py", *argv]
     saved_argv, sys.argv = sys.argv, argv  # config_flags reads overrides there
     try:
-        rest = cli.parse_flags(argv)
+        rest = parse.parse_flags(argv)
         script.main(rest)
     except SystemExit as e:
         if isinstance(e.code, str):  # what Python prints before exiting 1

@@ -10,10 +10,11 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from keras_ebm import checkpoints, regimes, training
+from keras_ebm import regimes
 from keras_ebm.configs import common, shortrun
 from keras_ebm.errors import Diverged
 from keras_ebm.models import EnergyModel
+from keras_ebm.runs import checkpoints, training
 from keras_ebm.sampling import SampleBank
 
 pytestmark = pytest.mark.slow

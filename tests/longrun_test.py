@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import run, training
+from keras_ebm import run
 from keras_ebm.configs import longrun, prior
 from keras_ebm.models import LongrunEnergyModel
+from keras_ebm.runs import training
 from keras_ebm.sampling import SampleBank
 from tests.linear_nets import LinearEnergy
 
@@ -199,7 +200,7 @@ def test_export_energy_is_the_full_potential(tmp_path):
 def test_grids_name_the_banks_and_the_chains_for_what_they_are():
     # The update bank (around +100) trains the model, the burn-in bank
     # (around -100) feeds it; the init + K steps grid is neither.
-    from keras_ebm.callbacks import snapshot
+    from keras_ebm.runs.callbacks import snapshot
 
     model = build(num_steps=2, burnin_steps=1)
     grids = snapshot(model, 4)

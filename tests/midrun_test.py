@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import run
+from keras_ebm import classify, run
 from keras_ebm.configs import classifier, midrun
 from keras_ebm.regimes import midrun as midrun_regime
 
@@ -31,7 +31,6 @@ def smoke_runs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_evaluate_runs_the_attacks_and_writes_the_report(smoke_runs):
-    from keras_ebm import classify
     from keras_ebm.defense import outputs, report
 
     root, c = smoke_runs
@@ -117,10 +116,11 @@ def test_surrogate_spsa_and_the_gradient_check_in_the_report(smoke_runs, capsys)
     ]
     # The longer runs: on what every attack before them left (none left:
     # not run), 4 PGD steps, in order after SPSA, each in the worst case.
-    assert list(longer) == ["bpda_eot_n4", "surrogate_b5_n4", "surrogate_b50_n4"][
-        : len(longer)
-    ]
-    for k, r in longer.items():
+    assert (
+        list(longer)
+        == ["bpda_eot_n4", "surrogate_b5_n4", "surrogate_b50_n4"][: len(longer)]
+    )
+    for r in longer.values():
         assert r["settings"]["num_steps"] == 4 and r["cascade_of"] == [8]
         assert len(r["curve"]) == 4 + 2
     print("longer runs:", {k: r["num_images"] for k, r in longer.items()})
@@ -184,7 +184,6 @@ def test_export_defended_with_every_kind_of_classifier(smoke_runs, tmp_path):
     # A classifier-regime run, a .keras file, a SavedModel with a `logits`
     # endpoint and one with only `serving_default`: each is exported inside
     # the defended SavedModel, whose `classify` gives its logits.
-    from keras_ebm import classify
     from keras_ebm.regimes import midrun as midrun_regime
 
     root, c = smoke_runs
@@ -253,13 +252,13 @@ def test_classifier_from_a_savedmodel(tmp_path):
     # ... or only a serving signature (what `model.export` writes).
     model.export(str(tmp_path / "serving"), verbose=False)
     for name in ("logits", "serving"):
-        loaded = midrun_regime.load_classifier(str(tmp_path / name))
+        loaded = classify.load_to_defend(str(tmp_path / name))
         np.testing.assert_allclose(loaded(tf.constant(x)), want, rtol=1e-5, atol=1e-6)
     model.save(str(tmp_path / "clf.keras"))
-    loaded = midrun_regime.load_classifier(str(tmp_path / "clf.keras"))
+    loaded = classify.load_to_defend(str(tmp_path / "clf.keras"))
     np.testing.assert_allclose(loaded(x), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="train one"):
-        midrun_regime.load_classifier(str(tmp_path / "nothing"))
+        classify.load_to_defend(str(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize(
@@ -280,7 +279,7 @@ def test_bad_attack_settings_stop_before_anything_runs(tmp_path, field, value, m
 
 
 def test_evaluation_sections_may_change_without_blocking_a_resume(tmp_path):
-    from keras_ebm import training
+    from keras_ebm.runs import training
 
     c = midrun.get_config("smoke")
     (tmp_path / "config.json").write_text(c.to_json_best_effort())

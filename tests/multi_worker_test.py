@@ -92,7 +92,8 @@ def _load(regime, workdir, step):
     `step`."""
     import ml_collections
 
-    from keras_ebm import checkpoints, regimes
+    from keras_ebm import regimes
+    from keras_ebm.runs import checkpoints
 
     with open(workdir / "config.json") as f:
         config = ml_collections.ConfigDict(json.load(f))

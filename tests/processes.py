@@ -11,7 +11,7 @@ import time
 import h5py
 import numpy as np
 
-from keras_ebm import checkpoints
+from keras_ebm.runs import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import checkpoints, run
+from keras_ebm import run
 from keras_ebm.configs import shortrun
+from keras_ebm.runs import checkpoints
 
 # Whole runs, subprocesses and exports: seconds each.
 pytestmark = pytest.mark.slow

@@ -11,11 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ebm import checkpoints, interrupt, run
+from keras_ebm import run
 from keras_ebm.configs import shortrun
 from keras_ebm.defense import attack, purify
 from keras_ebm.errors import Interrupted
 from keras_ebm.evaluation import fid
+from keras_ebm.runs import checkpoints, interrupt
 from tests import processes
 from tests.attack_test import D, gaussian_model, two_class
 
@@ -75,7 +76,8 @@ def test_resumed_from_a_mid_epoch_signal_equals_the_uninterrupted_run(tmp_path):
     # it equals the run that was never stopped.
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
     run.train(_smoke(6), straight)
-    from keras_ebm import regimes, training
+    from keras_ebm import regimes
+    from keras_ebm.runs import training
 
     regime = regimes.REGIMES["shortrun"]
     with pytest.raises(Interrupted) as e:

@@ -7,7 +7,8 @@ import importlib
 import numpy as np
 import pytest
 
-from keras_ebm import data, run, training
+from keras_ebm import data, run
+from keras_ebm.runs import training
 
 
 def _one_xla_step(regime, precision):

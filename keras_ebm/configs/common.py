@@ -129,7 +129,7 @@ def get_base_config():
             precision="float32",
         )
     )
-    # The divergence guard (keras_ebm.guard): a step with non-finite
+    # The divergence guard (keras_ebm.runs.guard): a step with non-finite
     # energies or gradients, or an energy gap outside gap_band for patience
     # steps in a row, rolls the run back to the last good checkpoint with
     # both learning rates times lr_factor (at most max_rollbacks times),

@@ -34,8 +34,8 @@ import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.utils import clip_eta, optimize_linear, random_lp_vector
 
-from keras_ebm import files, interrupt
 from keras_ebm.defense import gradients
+from keras_ebm.runs import files, interrupt
 
 NORMS = {"linf": np.inf, "l2": 2}
 LOSSES = ("ce", "margin")
@@ -405,7 +405,7 @@ def evaluate(
             tf.random.set_seed(seed * 100003 + b)
             eta0 = random_start(x, settings)
             # A global seed left set breaks tf.data's tensor-seeded shuffles
-            # (keras_ebm.training clears it for the same reason).
+            # (keras_ebm.runs.training clears it for the same reason).
             tf.random.set_seed(None)
             t0 = time.perf_counter()
             try:

@@ -20,9 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import export as export_lib
-from keras_ebm import files
 from keras_ebm.errors import ConfigError
 from keras_ebm.networks.smooth import smooth_relu
+from keras_ebm.runs import files
 from keras_ebm.sampling import langevin, surrogate_potential
 
 

@@ -20,8 +20,9 @@ import time
 
 import numpy as np
 
-from keras_ebm import data, files
+from keras_ebm import data
 from keras_ebm.defense import attack, gradients, outputs, purify
+from keras_ebm.runs import files
 
 
 def settings_of(config, **override):

@@ -8,10 +8,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, data, files
+from keras_ebm import data
 from keras_ebm import export as export_lib
 from keras_ebm.evaluation import fid, metrics
-from keras_ebm.training import ConfigError
+from keras_ebm.runs import callbacks, files
+from keras_ebm.runs.training import ConfigError
 
 
 def fid_along_chains(config, workdir, model, step):

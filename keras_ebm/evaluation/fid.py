@@ -19,9 +19,9 @@ import tarfile
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import files, interrupt
 from keras_ebm.errors import ConfigError
 from keras_ebm.evaluation import metrics
+from keras_ebm.runs import files, interrupt
 
 INCEPTION_URL = (
     "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"

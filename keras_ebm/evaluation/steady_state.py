@@ -14,8 +14,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, data, files, interrupt
+from keras_ebm import data
 from keras_ebm.evaluation import fid
+from keras_ebm.runs import callbacks, files, interrupt
 
 # The ancestors' grids: +-(largest radius + 4 sigma), 200 x 200 points.
 TOY_LIMITS = {"gmm": 1.6, "rings": 4.6}

@@ -400,7 +400,7 @@ class EnergyModel(keras.Model):
             energy_neg=ops.mean(e_neg),
             drift_norm=stats.last_drift_norm,
             drift_norm_path=stats.drift_norm,
-            # The divergence guard's signal (keras_ebm.guard): 1 for a step
+            # The divergence guard's signal (keras_ebm.runs.guard): 1 for a step
             # whose energies or gradients are not all finite on any replica
             # (Keras averages the replicas' values: one bad replica of two
             # would read 0.5).

@@ -4,7 +4,7 @@ Each module holds only what differs between regimes, with the same five
 functions: `check(config)`, `build(config)` (EBM regimes),
 `train(config, workdir)`, `evaluate(config, workdir)` and
 `export(config, workdir)`. What they share (checks, model building, the
-workdir, checkpoints, resume, the fit loop) is in `keras_ebm.training`;
+workdir, checkpoints, resume, the fit loop) is in `keras_ebm.runs.training`;
 evaluation they share in `keras_ebm.evaluation` and `keras_ebm.defense`.
 Each regime has a config file `configs/<regime>.py`.
 """

@@ -3,7 +3,8 @@ plain Keras `fit` on labeled data (`keras_ebm.classify`)."""
 
 import os
 
-from keras_ebm import classify, data, files, training
+from keras_ebm import classify, data
+from keras_ebm.runs import files, training
 
 
 def check(config):

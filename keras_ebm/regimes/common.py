@@ -5,8 +5,9 @@ import os
 import shutil
 import tempfile
 
-from keras_ebm import distribute, training
+from keras_ebm import distribute
 from keras_ebm.evaluation import chains, fid
+from keras_ebm.runs import training
 
 
 def entry_points(check, build):

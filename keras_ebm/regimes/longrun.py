@@ -2,9 +2,9 @@
 `LongrunEnergyModel` (burn-in and update banks) against a frozen prior EBM,
 trained with the shared loop; evaluated along one long trajectory."""
 
-from keras_ebm import training
 from keras_ebm.models import LongrunEnergyModel
 from keras_ebm.regimes import common
+from keras_ebm.runs import training
 from keras_ebm.sampling import SampleBank
 
 require = training.require

@@ -5,18 +5,14 @@ trained with the shared loop; evaluated by BPDA+EOT attacks on the defended
 classifier (`keras_ebm.defense.report`); exported with a defended classifier
 (`keras_ebm.defense.purify`)."""
 
-import json
 import os
 
-import keras
-import ml_collections
-import tensorflow as tf
-
-from keras_ebm import classify, distribute, training
+from keras_ebm import classify, distribute
 from keras_ebm.defense import adapter, attack, purify, report
 from keras_ebm.evaluation import chains
 from keras_ebm.regimes import common
 from keras_ebm.regimes.shortrun import build
+from keras_ebm.runs import training
 
 require = training.require
 
@@ -134,99 +130,15 @@ def check_attack(config):
         )
 
 
-class SavedModelClassifier(keras.layers.Layer):
-    """A classifier given as a SavedModel: its `logits` endpoint (or
-    `serving_default`), images -> logits; a dict output with one entry is
-    unpacked."""
-
-    def __init__(self, path, **kwargs):
-        super().__init__(**kwargs)
-        loaded = tf.saved_model.load(path)
-        endpoint = "logits" if hasattr(loaded, "logits") else "serving_default"
-        if endpoint == "serving_default" and endpoint not in loaded.signatures:
-            raise ValueError(
-                f"the SavedModel at {path!r} has neither a `logits` function nor a "
-                "serving_default signature"
-            )
-        self.endpoint = endpoint
-        self.layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint)
-        # Nothing to build: the SavedModel holds the weights. Built, the
-        # wrapper can be tracked by an export (`export_defended`).
-        self.built = True
-
-    def call(self, x, training=False):
-        out = self.layer(x)
-        if isinstance(out, dict):
-            if len(out) != 1:
-                raise ValueError(
-                    f"the classifier's {self.endpoint} returns {sorted(out)}; "
-                    "expected one output, the logits"
-                )
-            out = next(iter(out.values()))
-        return out
-
-
 def classifier_of(config):
     """The classifier of `defense.classifier_workdir` behind its input
     adapter (`defense.classifier_input_size`, `classifier_input_range`)."""
     d = config.defense
     return adapter.adapted(
-        load_classifier(d.classifier_workdir),
+        classify.load_to_defend(d.classifier_workdir),
         d.get("classifier_input_size", 0),
         tuple(d.get("classifier_input_range", (-1.0, 1.0))),
     )
-
-
-APPLICATIONS = "keras.applications."
-
-
-def application_classifier(spec):
-    """`keras.applications.<Name>:<weights>`, e.g.
-    `keras.applications.EfficientNetB7:/weights/efficientnetb7.h5`: the
-    Keras application with its top, returning logits (no softmax), its
-    weights from a local file, or `imagenet` to download them (machines
-    with network). Its input is its own (EfficientNet-B7: 600x600 in
-    [0, 255]); `defense.classifier_input_size` / `classifier_input_range`
-    adapt the EBM's states to it."""
-    name, _, weights = spec[len(APPLICATIONS) :].partition(":")
-    cls = getattr(keras.applications, name, None)
-    if cls is None or not callable(cls):
-        raise training.ConfigError(
-            f"defense.classifier_workdir: no keras.applications.{name}"
-        )
-    if not weights:
-        raise training.ConfigError(
-            f"defense.classifier_workdir: {spec} needs weights after ':', a "
-            "local file (e.g. efficientnetb7.h5) or imagenet (downloads them)"
-        )
-    if weights != "imagenet" and not os.path.isfile(weights):
-        raise FileNotFoundError(f"no weights file {weights!r} for {name}")
-    return cls(weights=weights, classifier_activation=None)
-
-
-def load_classifier(path):
-    """The classifier to defend: a classifier-regime run directory, a
-    `.keras` file, a SavedModel with a `logits` endpoint (or a
-    serving_default signature returning logits), or a Keras application
-    with its weights (`application_classifier`)."""
-    if path.startswith(APPLICATIONS):
-        return application_classifier(path)
-    if path.endswith(".keras"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no classifier file {path!r}")
-        return keras.models.load_model(path, compile=False)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return SavedModelClassifier(path)
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(
-            f"no classifier run in {path!r}; train one with `python train.py "
-            "--regime=classifier --dataset=<dataset>` or set "
-            "--config.defense.classifier_workdir"
-        )
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    return classify.load(config, path)
 
 
 def export(config, workdir):

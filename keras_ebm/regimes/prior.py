@@ -4,9 +4,9 @@ Gaussian term in its potential. It builds, trains, evaluates and exports as
 shortrun; only its start-up check differs (the frozen generator must
 exist)."""
 
-from keras_ebm import training
 from keras_ebm.regimes import common
 from keras_ebm.regimes.shortrun import build
+from keras_ebm.runs import training
 
 
 def check(config):

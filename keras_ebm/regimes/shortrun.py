@@ -3,8 +3,8 @@
 shared fit loop, FID along the chains (toy2d: the exact steady state), and
 the SavedModel export."""
 
-from keras_ebm import training
 from keras_ebm.regimes import common
+from keras_ebm.runs import training
 
 
 def check(config):

@@ -5,7 +5,8 @@ import os
 
 import tensorflow as tf
 
-from keras_ebm import checkpoints, data, guard, networks
+from keras_ebm import data, networks
+from keras_ebm.runs import checkpoints, guard
 from keras_ebm.errors import ConfigError
 
 
@@ -140,7 +141,7 @@ def check_config(config):
 
 
 def check_guard(config):
-    """The `guard` section (`keras_ebm.guard`)."""
+    """The `guard` section (`keras_ebm.runs.guard`)."""
     g = config.guard
     actions = ", ".join(guard.ACTIONS)
     require(g.action in guard.ACTIONS, "guard.action", f"must be one of {actions}")

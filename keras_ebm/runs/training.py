@@ -1,5 +1,5 @@
 """What every regime shares: model building, the workdir, checkpoints and
-resume, and the fit loop (config checks: `keras_ebm.checks`, re-exported).
+resume, and the fit loop (config checks: `keras_ebm.runs.checks`, re-exported).
 
 A run directory holds `config.json`, `checkpoints/`, `tensorboard/` and
 `samples/`. Running the same command again resumes from the newest
@@ -14,23 +14,16 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_ebm import (
-    checkpoints,
-    data,
-    distribute,
-    files,
-    fit_loop,
-    interrupt,
-    networks,
-)
-from keras_ebm.checks import (  # noqa: F401  (regimes use them from here)
+from keras_ebm import data, distribute, networks
+from keras_ebm.runs import checkpoints, files, fit_loop, interrupt
+from keras_ebm.runs.checks import (  # noqa: F401  (regimes use them from here)
     check_config,
     check_frozen_generator,
     is_run,
     require,
 )
 from keras_ebm.errors import ConfigError, Diverged, Interrupted
-from keras_ebm.fit_loop import (  # noqa: F401  (the regimes' and tests' names)
+from keras_ebm.runs.fit_loop import (  # noqa: F401  (the regimes' and tests' names)
     initial_data,
     learning_rate,
     scale_learning_rates,
@@ -225,9 +218,9 @@ def train(config, workdir, build, check, extra_callbacks=()):
     The loop every EBM regime shares: checks (`check(config)` raises
     `ConfigError`) and data access before anything is written, then the
     run's `config.json`, resume from the newest readable checkpoint
-    (`keras_ebm.checkpoints.restore`) or bank initialization, and `fit`
+    (`keras_ebm.runs.checkpoints.restore`) or bank initialization, and `fit`
     with progress, summaries, checkpoints and the divergence guard
-    (`keras_ebm.guard`). SIGINT and SIGTERM end the run after the current
+    (`keras_ebm.runs.guard`). SIGINT and SIGTERM end the run after the current
     step with a checkpoint of it (`keras_ebm.errors.Interrupted`).
 
     Args:

@@ -27,7 +27,7 @@ it (and set aside as `.corrupt` by the run that writes) in favour of the
 previous one. One with neither (written before either existed) cannot be
 verified: it is skipped too, and a workdir with nothing else stops with
 one line saying how to accept it deliberately (`accept`, or `python -m
-keras_ebm.checkpoints --accept=<file>`).
+keras_ebm.runs.checkpoints --accept=<file>`).
 """
 
 import glob
@@ -41,7 +41,7 @@ import sys
 
 import numpy as np
 
-from keras_ebm import files
+from keras_ebm.runs import files
 from keras_ebm.errors import CheckpointError, WriteError
 
 log = logging.getLogger("keras_ebm")
@@ -325,7 +325,7 @@ def restore(model, workdir, before=None, quarantine=True):
             f"no verified checkpoint in {workdir}/checkpoints: "
             f"{len(unverifiable)} cannot be verified, having neither a manifest "
             f"nor a record inside{also}; to resume from the newest anyway, "
-            f"accept it: python -m keras_ebm.checkpoints --accept={newest} "
+            f"accept it: python -m keras_ebm.runs.checkpoints --accept={newest} "
             "(or remove the workdir to start over)"
         )
     if skipped:
@@ -378,10 +378,10 @@ def _first_line(e):
 
 
 def main(argv):
-    """`python -m keras_ebm.checkpoints --accept=<file>` (`accept`)."""
+    """`python -m keras_ebm.runs.checkpoints --accept=<file>` (`accept`)."""
     args = [a for a in argv[1:] if a.startswith("--accept=")]
     if len(args) != 1 or len(argv) != 2:
-        print("usage: python -m keras_ebm.checkpoints --accept=<checkpoint file>")
+        print("usage: python -m keras_ebm.runs.checkpoints --accept=<checkpoint file>")
         return 2
     path = args[0].split("=", 1)[1]
     try:

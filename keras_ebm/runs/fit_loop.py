@@ -1,7 +1,7 @@
 """The fit loop of a training run: resume or start, `fit` in epochs of
 `train.log_every` steps, and what stops it -- a signal (save, then
 `Interrupted`) or the divergence guard (roll back with lower learning
-rates, or `Diverged`). `keras_ebm.training.train` sets up and calls it.
+rates, or `Diverged`). `keras_ebm.runs.training.train` sets up and calls it.
 """
 
 import dataclasses
@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import callbacks, checkpoints, data, guard, interrupt
+from keras_ebm import data
+from keras_ebm.runs import callbacks, checkpoints, guard, interrupt
 from keras_ebm.errors import Diverged
 
 log = logging.getLogger("keras_ebm")

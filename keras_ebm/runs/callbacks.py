@@ -9,14 +9,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import checkpoints, interrupt
+from keras_ebm.runs import checkpoints, interrupt
 
 # === Checkpoints and stops ===
 
 
 class Checkpointer(keras.callbacks.Callback):
     """Saves every `every` steps and at the end of training
-    (`keras_ebm.checkpoints.save`), never a state the divergence `guard`
+    (`keras_ebm.runs.checkpoints.save`), never a state the divergence `guard`
     has flagged; `run_state` goes into each manifest."""
 
     def __init__(self, workdir, every, last_step, keep=3, guard=None, run_state=None):
@@ -37,7 +37,7 @@ class Checkpointer(keras.callbacks.Callback):
 
 class StopOnSignal(keras.callbacks.Callback):
     """Ends `fit` after the step during which SIGINT or SIGTERM arrived
-    (`keras_ebm.interrupt`); the caller saves and says so."""
+    (`keras_ebm.runs.interrupt`); the caller saves and says so."""
 
     def on_train_batch_end(self, batch, logs=None):
         if interrupt.requested():
