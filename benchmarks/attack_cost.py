@@ -58,7 +58,7 @@ def load(config, workdir):
 def speed(config, workdir):
     import tensorflow as tf
 
-    from keras_ebm.defense import gradients, report
+    from keras_ebm.defense import gradients, plan, report
     from keras_ebm.sampling import langevin
 
     model, classifier, images, labels = load(config, workdir)
@@ -76,13 +76,13 @@ def speed(config, workdir):
             d.potential, chains, num_steps=k, step_size=d.step_size, seed=seed
         )[0]
     )
-    bpda = report.settings_of(config)
-    spsa = report.spsa_settings(config)
+    bpda = plan.settings_of(config)
+    spsa = plan.spsa_settings(config)
     beta = flags.FLAGS.beta or config.attack.surrogate_betas[0]
     estimators = {
         "bpda_eot_gradient": bpda,
-        "full_gradient": report.full_gradient_settings(config, k),
-        "surrogate": report.surrogate_settings(config, k, beta),
+        "full_gradient": plan.full_gradient_settings(config, k),
+        "surrogate": plan.surrogate_settings(config, k, beta),
         "spsa": spsa,
     }
     steps = {"langevin_core": core}
@@ -110,7 +110,7 @@ def speed(config, workdir):
     # ReLU energies are piecewise linear: their Hessian vanishes almost
     # everywhere, so the exact gradient through the purification should be
     # the straight-through one. Same seed, same loss (cross-entropy).
-    same_loss = report.settings_of(config, grad_steps=k)
+    same_loss = plan.settings_of(config, grad_steps=k)
     _, g_full = gradients.eot_logits_and_grad(d, x, y, same_loss, seed)
     _, g_bpda = gradients.eot_logits_and_grad(d, x, y, bpda, seed)
     out["full_vs_bpda_gradient_max_relative_difference"] = float(
@@ -146,7 +146,7 @@ def memory(config, workdir, k_defs):
     segment (every step on the tape), beside the BPDA step's."""
     import tensorflow as tf
 
-    from keras_ebm.defense import gradients, report
+    from keras_ebm.defense import gradients, plan, report
 
     model, classifier, images, labels = load(config, workdir)
     n = flags.FLAGS.memory_images
@@ -157,9 +157,9 @@ def memory(config, workdir, k_defs):
         d = report.defended_classifier(config, model, classifier, k)
         for segment in (None, gradients.segment_length(k), k):
             if segment is None:  # BPDA: nothing of the chain on a tape
-                s = report.settings_of(config)
+                s = plan.settings_of(config)
             else:
-                s = report.settings_of(config, grad_steps=k, checkpoint_every=segment)
+                s = plan.settings_of(config, grad_steps=k, checkpoint_every=segment)
             step = tf.function(
                 lambda d=d, s=s: gradients.eot_logits_and_grad(d, x, y, s, seed)
             )

@@ -44,7 +44,7 @@ def main(argv):
     import tensorflow as tf
 
     from keras_ebm import classify
-    from keras_ebm.defense import attack, report
+    from keras_ebm.defense import attack, plan, report
     from keras_ebm.regimes import midrun
     from keras_ebm.runs import training
 
@@ -57,7 +57,7 @@ def main(argv):
     y = tf.constant(labels, tf.int32)
     if flags.FLAGS.pgd_eps:
         return undefended_pgd(config, classifier, x, y, model)
-    settings = report.settings_of(config, adv_replicates=1, def_replicates=1)
+    settings = plan.settings_of(config, adv_replicates=1, def_replicates=1)
     plain = report.purify.DefendedClassifier(model, classifier, 0)
     tf.random.set_seed(config.attack.seed)
     eta0 = attack.random_start(x, settings)
@@ -143,16 +143,16 @@ def undefended_pgd(config, classifier, x, y, model):
 
     import numpy as np
 
-    from keras_ebm.defense import attack, report
+    from keras_ebm.defense import attack, plan, report
 
     plain = report.purify.DefendedClassifier(model, classifier, 0)
     print(f"undefended PGD, {config.attack.num_steps} steps of eps/4, random start")
     for eps in (float(e) for e in flags.FLAGS.pgd_eps):
         s = dataclasses.replace(
-            report.undefended_settings(config), eps=2 * eps, step_size=2 * eps / 4
+            plan.undefended_settings(config), eps=2 * eps, step_size=2 * eps / 4
         )
         accs = []
-        for seed in report.attack_seeds(config):
+        for seed in plan.attack_seeds(config):
             r = attack.evaluate(
                 plain,
                 x.numpy(),

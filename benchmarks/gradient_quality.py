@@ -28,7 +28,7 @@ from keras_ebm.cli import parse  # noqa: E402
 
 
 def main(argv):
-    from keras_ebm.defense import outputs, report
+    from keras_ebm.defense import outputs, plan, report
     from keras_ebm.regimes import midrun
     from keras_ebm.runs import training
 
@@ -41,10 +41,10 @@ def main(argv):
     images, labels = report.test_set(config)
     k_def = config.defense.num_steps
     defended = report.defended_classifier(config, model, classifier, k_def)
-    plan = report.defended_attacks(config, k_def)
+    planned = plan.defended_attacks(config, k_def)
     out = os.path.join(workdir, "eval", "attack")
     os.makedirs(out, exist_ok=True)
-    check = report.gradient_check(config, defended, images, labels, plan, out)
+    check = report.gradient_check(config, defended, images, labels, planned, out)
     outputs.print_gradient_check(check)
     with open(os.path.join(workdir, "eval", "gradient_quality.json"), "w") as f:
         json.dump(check, f, indent=2)

@@ -367,7 +367,7 @@ def test_bad_settings_are_refused():
 
 
 def test_worst_case_is_per_image_and_per_seed_over_the_defended_attacks():
-    from keras_ebm.defense import report
+    from keras_ebm.defense import summary
 
     def run(seed, robust):
         return dict(seed=seed, per_image_robust=robust)
@@ -376,13 +376,13 @@ def test_worst_case_is_per_image_and_per_seed_over_the_defended_attacks():
         "bpda_eot": [run(0, [1, 1, 0, 1]), run(1, [1, 0, 0, 0])],
         "full_gradient": [run(0, [1, 0, 1, 1])],
     }
-    worst = report.worst_case(runs)
+    worst = summary.worst_case(runs)
     # Only seed 0 has both attacks: images 0 and 3 survive both.
     assert [w["seed"] for w in worst["per_seed"]] == [0]
     assert worst["robust_accuracy"] == 0.5 and worst["num_images"] == 4
     # An attack run on the first images only: the worst case over those.
     runs["full_gradient"] = [run(0, [0, 1]), run(1, [0, 0])]
-    worst = report.worst_case(runs)
+    worst = summary.worst_case(runs)
     assert [w["robust_accuracy"] for w in worst["per_seed"]] == [0.5, 0.0]
     assert worst["robust_accuracy"] == 0.25 and worst["num_images"] == 2
 
@@ -406,7 +406,7 @@ def test_fields_added_later_keep_earlier_attacks_named_as_they_were():
 
 
 def test_a_cascade_attacks_the_survivors_and_enters_the_worst_case():
-    from keras_ebm.defense import report
+    from keras_ebm.defense import plan, summary
 
     def run(seed, robust, **kw):
         return dict(seed=seed, per_image_robust=robust, **kw)
@@ -417,31 +417,31 @@ def test_a_cascade_attacks_the_survivors_and_enters_the_worst_case():
     }
     # Seed 0: image 1 broken by the surrogate, 2 by BPDA; image 4 is past
     # the surrogate's images and BPDA left it. Seed 1: only BPDA ran.
-    np.testing.assert_array_equal(report.survivors(runs, 0, 5), [0, 3, 4])
-    np.testing.assert_array_equal(report.survivors(runs, 1, 3), [0, 1, 2])
+    np.testing.assert_array_equal(summary.survivors(runs, 0, 5), [0, 3, 4])
+    np.testing.assert_array_equal(summary.survivors(runs, 1, 3), [0, 1, 2])
     seen = {}
 
     def each_seed(name, d, settings, seeds, count=None, images=None, labels=None):
         seen[seeds[0]] = images
         return [run(seeds[0], [0, 1, 1])]  # broke the first survivor
 
-    planned = report.Planned("spsa", None, (0,), cascade=True)
+    planned = plan.Planned("spsa", None, (0,), cascade=True)
     images, labels = np.arange(5) * 10, np.arange(5)
-    (r,) = report.run_planned(planned, None, images, labels, runs, each_seed)
+    (r,) = summary.run_planned(planned, None, images, labels, runs, each_seed)
     np.testing.assert_array_equal(seen[0], [0, 30, 40])
     assert r["image_indices"] == [0, 3, 4] and r["images_total"] == 5
-    np.testing.assert_array_equal(report.per_image(r), [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(summary.per_image(r), [0, 0, 0, 1, 1])
     runs["spsa"] = [r]
-    worst = report.worst_case(runs)
+    worst = summary.worst_case(runs)
     # Seed 0 over the 4 images every attack covered: image 3 alone.
     assert [w["seed"] for w in worst["per_seed"]] == [0]
     assert worst["robust_accuracy"] == 0.25 and worst["num_images"] == 4
     # Nothing left to attack: no run, and the worst case is not held back.
     runs["bpda_eot"][0]["per_image_robust"] = [0, 0, 0, 0, 0]
-    assert report.run_planned(planned, None, images, labels, runs, each_seed) == []
+    assert summary.run_planned(planned, None, images, labels, runs, each_seed) == []
     del runs["spsa"]
     runs["spsa"] = [run(2, [1], image_indices=[0], images_total=5)]
-    assert report.worst_case(runs)["per_seed"][0]["robust_accuracy"] == 0.0
+    assert summary.worst_case(runs)["per_seed"][0]["robust_accuracy"] == 0.0
 
 
 class TanhEnergy(keras.Model):

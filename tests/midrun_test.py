@@ -211,7 +211,7 @@ def test_export_defended_with_every_kind_of_classifier(smoke_runs, tmp_path):
         assert loaded.predict(tf.constant(x), tf.constant(2)).shape == (5, 10)
     # SPSA needs only `predict`: it runs against the export read back, with
     # the same verification as against the library's defended classifier.
-    from keras_ebm.defense import attack, purify, report
+    from keras_ebm.defense import attack, plan, purify, report
 
     exported = purify.ExportedDefense(path)
     assert exported.num_steps == c.defense.num_steps
@@ -232,7 +232,7 @@ def test_export_defended_with_every_kind_of_classifier(smoke_runs, tmp_path):
     assert r["num_images"] == 4 and len(r["curve"]) == 3
     assert r["langevin_image_steps"] >= c.defense.num_steps * 4 * (1 + 2 * 2) * 2
     with pytest.raises(ValueError, match="against an export, attack with SPSA"):
-        attack.batch_attack(exported, report.settings_of(c))
+        attack.batch_attack(exported, plan.settings_of(c))
 
 
 def test_classifier_from_a_savedmodel(tmp_path):
@@ -330,11 +330,11 @@ def test_a_bad_attack_setting_is_refused_naming_it(field, value):
 
 
 def test_long_steps_repeat_each_gradient_attack_on_what_all_left_standing():
-    from keras_ebm.defense import report
+    from keras_ebm.defense import plan as plans
 
     c = midrun.get_config("digits")
     c.attack.update(long_steps=120, adaptive=True, surrogate_betas=(20.0, 100.0))
-    plan = report.defended_attacks(c, c.defense.num_steps)
+    plan = plans.defended_attacks(c, c.defense.num_steps)
     first = {p.name: p for p in plan if not p.longer_run_of}
     longer = [p for p in plan if p.longer_run_of]
     assert [p.name for p in plan[: len(first)]] == list(first)  # after them all
@@ -348,4 +348,4 @@ def test_long_steps_repeat_each_gradient_attack_on_what_all_left_standing():
         assert p.settings == dataclasses.replace(base.settings, num_steps=120)
         assert p.seeds == base.seeds[:1] and p.count == base.count
     c.attack.long_steps = 0
-    assert not any(p.longer_run_of for p in report.defended_attacks(c, 100))
+    assert not any(p.longer_run_of for p in plans.defended_attacks(c, 100))

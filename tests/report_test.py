@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from keras_ebm.configs import midrun
-from keras_ebm.defense import purify, report
+from keras_ebm.defense import plan, purify, report, summary
 from keras_ebm.models import EnergyModel
 from tests.linear_nets import ScaledSquare, gaussian_law
 
@@ -158,7 +158,7 @@ def test_another_classifier_or_ebm_is_attacked_anew(tmp_path):
     want = {k: np.mean(v[keep] > 0) for k, v in want.items()}
     assert len(set(want.values())) == 3
     c = config(num_steps=1)
-    settings = report.settings_of(c)
+    settings = plan.settings_of(c)
     out = tmp_path / "attack"
 
     def natural(clf, ebm):
@@ -208,7 +208,7 @@ def test_disjoint_compares_every_seed_s_interval():
         full_gradient=dict(robust_accuracy=0.5, robust_ci95_lowest=0.31),
     )
     worst = dict(robust_accuracy=0.45, robust_ci95_lowest=0.29)
-    assert report.disjoint_from_undefended(attacks, worst) == dict(
+    assert summary.disjoint_from_undefended(attacks, worst) == dict(
         bpda_eot=False, full_gradient=True, worst_case=False
     )
 
