@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras_ebm import classify, run
 from keras_ebm.configs import classifier as clf_configs
 from keras_ebm.configs import shortrun
-from keras_ebm.evaluation import fid, metrics
+from keras_ebm.evaluation import fid, metrics, trajectory
 from keras_ebm.sampling import langevin, potential
 
 
@@ -149,7 +149,7 @@ def test_trajectory_fid_approaches_the_target_and_resumes_mid_chain(tmp_path):
     seen = []
 
     def curve_of_chains(path, kill_at=None):
-        return fid.trajectory_fid(
+        return trajectory.trajectory_fid(
             init,
             lambda x, n, seed: advance(x, n, seed, kill_at),
             identity,
@@ -196,7 +196,7 @@ def test_trajectory_fid_approaches_the_target_and_resumes_mid_chain(tmp_path):
     # equals the uninterrupted (0, 10, 110, 200) run. Other chains
     # (identity) or other milestones below the saved step start afresh.
     def extend(path, milestones, chains="chains", extend_from=()):
-        return fid.trajectory_fid(
+        return trajectory.trajectory_fid(
             init,
             advance,
             identity,

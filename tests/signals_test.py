@@ -15,7 +15,7 @@ from keras_ebm import run
 from keras_ebm.configs import shortrun
 from keras_ebm.defense import attack, purify
 from keras_ebm.errors import Interrupted
-from keras_ebm.evaluation import fid
+from keras_ebm.evaluation import trajectory
 from keras_ebm.runs import checkpoints, interrupt
 from tests import processes
 from tests.attack_test import D, gaussian_model, two_class
@@ -114,8 +114,8 @@ def test_fid_chains_stop_on_a_signal_and_resume_to_the_same_curve(tmp_path):
         noise = np.random.default_rng(seed).normal(size=x.shape)
         return 0.9 * x + 0.1 * noise.astype("float32"), 0.0, 0.0
 
-    def trajectory(path, kill_at=None):
-        return fid.trajectory_fid(
+    def chains(path, kill_at=None):
+        return trajectory.trajectory_fid(
             lambda b: np.full((8, 3), 3.0, "float32"),
             lambda x, k, s: advance(x, k, s, kill_at),
             lambda x: np.asarray(x),
@@ -128,17 +128,17 @@ def test_fid_chains_stop_on_a_signal_and_resume_to_the_same_curve(tmp_path):
             chunk=2,
         )
 
-    full = trajectory(str(tmp_path / "a.npz"))
+    full = chains(str(tmp_path / "a.npz"))
     calls.clear()
     path = str(tmp_path / "b.npz")
     with interrupt.handled(), pytest.raises(Interrupted) as e:
-        trajectory(path, kill_at=6)  # batch 1 of the chunk 2 -> 4
+        chains(path, kill_at=6)  # batch 1 of the chunk 2 -> 4
     assert "SIGINT: the FID evaluation stopped; chain states at step 2" in str(e.value)
     with np.load(path) as saved:
         assert int(saved["step"]) == 2
-    resumed = trajectory(path)
+    resumed = chains(path)
     assert resumed["fid"] == full["fid"]
-    assert not os.path.exists(fid.previous_state(path))
+    assert not os.path.exists(trajectory.previous_state(path))
 
 
 def test_a_corrupted_chain_state_falls_back_to_the_previous_one(tmp_path, caplog):
@@ -149,8 +149,8 @@ def test_a_corrupted_chain_state_falls_back_to_the_previous_one(tmp_path, caplog
         calls.append(s)
         return x * 0.5 + np.random.default_rng(s).normal(size=x.shape), 0.0, 0.0
 
-    def trajectory(path, milestones):
-        return fid.trajectory_fid(
+    def chains(path, milestones):
+        return trajectory.trajectory_fid(
             lambda b: np.ones((4, 2), "float32"),
             advance,
             lambda x: np.asarray(x, "float64"),
@@ -163,16 +163,16 @@ def test_a_corrupted_chain_state_falls_back_to_the_previous_one(tmp_path, caplog
             chunk=1,
         )
 
-    full = trajectory(str(tmp_path / "a.npz"), (0, 3))
+    full = chains(str(tmp_path / "a.npz"), (0, 3))
     path = str(tmp_path / "b.npz")
-    trajectory(path, (0, 3))
+    chains(path, (0, 3))
     # A kill between the two renames of a save leaves the state before it
     # as `.prev`; here the newest is garbage besides.
-    os.replace(path, fid.previous_state(path))
+    os.replace(path, trajectory.previous_state(path))
     with open(path, "wb") as f:
         f.write(b"not a zip file")
     calls.clear()
-    resumed = trajectory(path, (0, 3))
+    resumed = chains(path, (0, 3))
     assert path in caplog.text and os.path.exists(path + ".corrupt")
     assert resumed["fid"] == full["fid"]
     assert calls == []  # continued from `.prev` (complete), not restarted

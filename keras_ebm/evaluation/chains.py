@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_ebm import data
 from keras_ebm import export as export_lib
-from keras_ebm.evaluation import fid, metrics
+from keras_ebm.evaluation import fid, metrics, trajectory
 from keras_ebm.runs import callbacks, files
 from keras_ebm.runs.training import ConfigError
 
@@ -35,10 +35,69 @@ def fid_along_chains(config, workdir, model, step):
     net = fid.backbone(config)
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
+    ref = _reference_set(config, workdir, net)
+    if model.chain_starts(1, tf.constant([0, 0])) is None:
+        raise ConfigError(
+            "config.init: a data-initialized model without a bank has no "
+            "chains to evaluate; use init.persistent=True"
+        )
+    milestones = sorted(set(ev.milestones) | {ev.num_steps})
+    chain_fields = ("step_size", "temperature", "joint_temperature", "batch_size")
+    settings = dict(
+        {field: ev[field] for field in chain_fields},
+        checkpoint_step=step,
+        num_samples=ev.num_samples,
+        milestones=milestones,
+        seed=config.seed,
+        data_statistics=ref["key"],
+    )
+    run = _run_chains(config, model, net, ref["stats"], settings, out, step)
+    results = run["fid"]
+    # The floor: held-out real images (the next N of the same source)
+    # against the reference set; no model can do better at this N.
+    realism = {}
+    k = ev.get("realism_k", 0)
+    real = None
+    if k and ev.num_samples > k:
+        # Realism (precision, density) apart from coverage (recall,
+        # coverage): FID mixes them, the longrun claim is about the first.
+        real = fid.reference_features(
+            ref["images"][: ev.num_samples], net, ref["cache"]
+        )
+        realism = {str(m): fid.realism(real, f, k) for m, f in run["features"].items()}
+    floor, real_realism = real_floor(
+        ref["images"][ev.num_samples :], net, ref["stats"], ref["cache"], real, k
+    )
+    if real_realism:
+        realism["real data"] = real_realism
+    summary = {
+        "checkpoint_step": step,
+        "settings": {**settings, **ref["settings"]},
+        "backbone": net.name,
+        "num_samples": ev.num_samples,
+        "eval_steps": ev.num_steps,
+        "fid": results[ev.num_steps],
+        "fid_along_chain": {str(m): v for m, v in results.items()},
+        "fid_real_floor": floor,
+        "realism_k": k,
+        "realism_along_chain": realism,
+    }
+    _write_outputs(config, workdir, net, summary, run, step)
+    print_table(summary, net.name, ev.num_samples, ev.num_steps)
+    return summary
+
+
+REALISM = ("precision", "recall", "density", "coverage")
+
+
+def _reference_set(config, workdir, net):
+    """The real images (twice `eval.num_samples`: the reference set, then
+    the held-out floor's) and the reference statistics, cached under a key
+    of everything that changes them (a change recomputes, never silently
+    reuses; several caches may coexist)."""
+    ev = config.eval
     cache_dir = ev.cache_dir or os.path.join(workdir, "fid_cache")
-    # Caches are named by everything that changes what they hold, so that a
-    # change recomputes and never silently reuses (several may coexist).
-    data_settings = dict(
+    settings = dict(
         data=config.data.name,
         split=ev.data_split,
         image_size=config.data.image_size,
@@ -46,16 +105,19 @@ def fid_along_chains(config, workdir, model, step):
         backbone=net.name,
         weights=net.fingerprint,
     )
-    data_key = fid.settings_key(data_settings)
-    cache = os.path.join(cache_dir, f"{config.data.name}_{net.name}_{data_key}.npz")
+    key = fid.settings_key(settings)
+    cache = os.path.join(cache_dir, f"{config.data.name}_{net.name}_{key}.npz")
     images = data.take_array(data.images(config), 2 * ev.num_samples)
     stats = fid.data_statistics(images[: ev.num_samples], net, cache)
+    return dict(images=images, stats=stats, cache=cache, settings=settings, key=key)
 
-    if model.chain_starts(1, tf.constant([0, 0])) is None:
-        raise ConfigError(
-            "config.init: a data-initialized model without a bank has no "
-            "chains to evaluate; use init.persistent=True"
-        )
+
+def _run_chains(config, model, net, stats, settings, out, step):
+    """`trajectory.trajectory_fid` of the model's evaluation chains, their
+    state in `out` under a key of `settings` (a finished shorter curve of
+    the same chains is continued, 100K -> 1M steps, not restarted), each
+    milestone printed and written to `fid_partial.json` as it is reached."""
+    ev = config.eval
 
     def sample_init(b):
         seed = tf.constant([config.seed + 1000, b])
@@ -73,20 +135,7 @@ def fid_along_chains(config, workdir, model, step):
         )
         return x, float(stats.energy), float(stats.drift_norm)
 
-    milestones = sorted(set(ev.milestones) | {ev.num_steps})
-    chain_fields = ("step_size", "temperature", "joint_temperature", "batch_size")
-    settings = dict(
-        {field: ev[field] for field in chain_fields},
-        checkpoint_step=step,
-        num_samples=ev.num_samples,
-        milestones=milestones,
-        seed=config.seed,
-        data_statistics=data_key,
-    )
-    key = fid.settings_key(settings)
-    state = os.path.join(out, f"trajectory_step{step}_{key}.npz")
-    # The same chains evaluated to other milestones: a finished shorter
-    # curve is continued (100K -> 1M steps), not restarted.
+    state = os.path.join(out, f"trajectory_step{step}_{fid.settings_key(settings)}.npz")
     same_chains = fid.settings_key(
         {k: v for k, v in settings.items() if k != "milestones"}
     )
@@ -94,7 +143,6 @@ def fid_along_chains(config, workdir, model, step):
     partial = {}
 
     def on_milestone(steps, value):
-        # Long evaluations report each milestone as the chains reach it.
         partial[str(steps)] = value
         files.write_json(
             os.path.join(out, "fid_partial.json"),
@@ -102,14 +150,14 @@ def fid_along_chains(config, workdir, model, step):
         )
         print(f"FID ({net.name}) after {steps} Langevin steps: {value:.3f}")
 
-    run = fid.trajectory_fid(
+    return trajectory.trajectory_fid(
         sample_init,
         advance,
         net,
         stats,
         ev.num_samples,
         ev.batch_size,
-        milestones,
+        settings["milestones"],
         state_path=state,
         chunk=ev.save_every,
         on_milestone=on_milestone,
@@ -120,35 +168,13 @@ def fid_along_chains(config, workdir, model, step):
             if p != state and not p.endswith((".tmp.npz", ".prev.npz"))
         ],
     )
-    results = run["fid"]
-    # The floor: held-out real images (the next N of the same source)
-    # against the reference set; no model can do better at this N.
-    realism, names = {}, ("precision", "recall", "density", "coverage")
-    k = ev.get("realism_k", 0)
-    real = None
-    if k and ev.num_samples > k:
-        # Realism (precision, density) apart from coverage (recall,
-        # coverage): FID mixes them, the longrun claim is about the first.
-        real = fid.reference_features(images[: ev.num_samples], net, cache)
-        realism = {str(m): fid.realism(real, f, k) for m, f in run["features"].items()}
-    floor, real_realism = real_floor(
-        images[ev.num_samples :], net, stats, cache, real, k
-    )
-    if real_realism:
-        realism["real data"] = real_realism
-    headline = results[ev.num_steps]
-    summary = {
-        "checkpoint_step": step,
-        "settings": {**settings, **data_settings},
-        "backbone": net.name,
-        "num_samples": ev.num_samples,
-        "eval_steps": ev.num_steps,
-        "fid": headline,
-        "fid_along_chain": {str(m): v for m, v in results.items()},
-        "fid_real_floor": floor,
-        "realism_k": k,
-        "realism_along_chain": realism,
-    }
+
+
+def _write_outputs(config, workdir, net, summary, run, step):
+    """`eval/results.json`, `fid_curve.{csv,png}`, `realism.csv`, the chain
+    trace, the sample grids and the TensorBoard scalars."""
+    out = os.path.join(workdir, "eval")
+    results, realism = run["fid"], summary["realism_along_chain"]
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(out, "fid_curve.csv"), "w") as f:
@@ -156,14 +182,14 @@ def fid_along_chains(config, workdir, model, step):
         f.writelines(f"{m},{v:.6f}\n" for m, v in sorted(results.items()))
     if realism:
         with open(os.path.join(out, "realism.csv"), "w") as f:
-            f.write("langevin_steps," + ",".join(names) + "\n")
+            f.write("langevin_steps," + ",".join(REALISM) + "\n")
             for row, r in realism.items():
-                f.write(row + "," + ",".join(f"{r[n]:.6f}" for n in names) + "\n")
+                f.write(row + "," + ",".join(f"{r[n]:.6f}" for n in REALISM) + "\n")
     fid.save_curve(
         results,
         os.path.join(out, "fid_curve.png"),
         f"{config.data.name}, {net.name} FID, step {step}",
-        floor=floor,
+        floor=summary["fid_real_floor"],
     )
     save_trace(run["trace"], os.path.join(out, "chain_trace"), step)
     for m, states in run["snapshots"].items():
@@ -173,30 +199,36 @@ def fid_along_chains(config, workdir, model, step):
         )
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard", "eval"))
     with writer.as_default(step=step):
-        tf.summary.scalar(f"fid/{net.name}", headline)
+        tf.summary.scalar(f"fid/{net.name}", summary["fid"])
         for m, v in results.items():
             tf.summary.scalar(f"fid_along_chain/{net.name}/{m:06d}", v)
             for name, value in realism.get(str(m), {}).items():
                 tf.summary.scalar(f"{name}_along_chain/{net.name}/{m:06d}", value)
     writer.flush()
-    head = f"FID ({net.name}, {ev.num_samples} samples)"
+
+
+def print_table(summary, backbone, num_samples, eval_steps):
+    """FID and realism at each milestone, the headline row marked, then
+    the held-out real images' row (the floor)."""
+    realism, k = summary["realism_along_chain"], summary["realism_k"]
+    floor = summary["fid_real_floor"]
+    head = f"FID ({backbone}, {num_samples} samples)"
     if realism:
         head += f" | precision  recall  density  coverage (k {k})"
     print(f"\n{'Langevin steps':>15} | {head}")
 
     def cells(row):
         r = realism.get(row)
-        return " | " + "  ".join(f"{r[n]:8.3f}" for n in names) if r else ""
+        return " | " + "  ".join(f"{r[n]:8.3f}" for n in REALISM) if r else ""
 
-    for m, v in sorted(results.items()):
-        mark = "  <- eval.num_steps" if m == ev.num_steps else ""
+    for m, v in sorted((int(m), v) for m, v in summary["fid_along_chain"].items()):
+        mark = "  <- eval.num_steps" if m == eval_steps else ""
         print(f"{m:>15} | {v:10.3f}{cells(str(m))}{mark}")
     if floor is not None:
         print(
             f"{'real data':>15} | {floor:10.3f}{cells('real data')}"
             "  (held-out images: the floor)"
         )
-    return summary
 
 
 def real_floor(held_out, net, stats, cache, real=None, k=0):
