@@ -21,6 +21,15 @@ PRECISIONS = ("float32", "bfloat16")
 def check_config(config):
     """Validates the fields every EBM regime uses, before anything is built
     or written (a regime's own `check` adds its fields)."""
+    check_data_and_model(config)
+    check_sampling(config)
+    check_train(config)
+    check_optim(config)
+    check_guard(config)
+
+
+def check_data_and_model(config):
+    """`data` and `model`: known names, sizes that make sense."""
     require(
         config.data.name in data.NAMES,
         "data.name",
@@ -44,6 +53,11 @@ def check_config(config):
         "model.generator",
         f"unknown network {config.model.generator!r}",
     )
+
+
+def check_sampling(config):
+    """`langevin`, `init` and `bank`: positive steps, a known init, a bank
+    that holds a batch."""
     lv = config.langevin
     require(
         lv.num_steps >= 1, "langevin.num_steps", f"must be >= 1, got {lv.num_steps}"
@@ -68,13 +82,12 @@ def check_config(config):
         "init.source",
         "'generator' needs config.model.generator",
     )
-    tr = config.train
-    require(tr.batch_size >= 1, "train.batch_size", "must be >= 1")
+    batch = config.train.batch_size
     if config.init.persistent:
         require(
-            config.bank.size >= tr.batch_size,
+            config.bank.size >= batch,
             "bank.size",
-            f"bank ({config.bank.size}) is smaller than the batch ({tr.batch_size})",
+            f"bank ({config.bank.size}) is smaller than the batch ({batch})",
         )
     require(
         0 <= config.bank.rejuvenation_prob <= 1,
@@ -82,6 +95,13 @@ def check_config(config):
         "must be in [0, 1]",
     )
     require(config.bank.max_updates >= 0, "bank.max_updates", "must be >= 0")
+
+
+def check_train(config):
+    """`train` (and `eval.precision`): cadences that divide the run, known
+    compile, strategy and precision settings."""
+    tr = config.train
+    require(tr.batch_size >= 1, "train.batch_size", "must be >= 1")
     require(tr.num_steps >= 1, "train.num_steps", "must be >= 1")
     require(
         tr.log_every >= 1 and tr.num_steps % tr.log_every == 0,
@@ -115,6 +135,10 @@ def check_config(config):
         "eval.precision",
         "must be '' (the training precision), float32 or bfloat16",
     )
+
+
+def check_optim(config):
+    """`optim`: piecewise-constant schedules of positive rates from step 0."""
     for field in ("ebm_lr", "gen_lr"):
         steps, rates = config.optim[field].steps, config.optim[field].rates
         numbers = all(
@@ -137,7 +161,6 @@ def check_config(config):
             list(steps) == sorted(set(steps)), f"optim.{field}", "steps must increase"
         )
     require(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
-    check_guard(config)
 
 
 def check_guard(config):
