@@ -84,80 +84,105 @@ def get_config(arg="digits"):
     c.optim.ebm_lr = common.schedule((0, 1e-4))
     c.eval.milestones = (0, 1000, 10000, 100000)
     c.eval.num_steps = 100000
-    if arg == "digits":
-        # The frozen generator of the shortrun demo run (`python train.py`).
-        c.generator.weights = "runs/shortrun/digits"
-        # D 200 (8,040 steps before a state updates the model) and 5,000
-        # updates: after 100K steps its chains are on the data manifold
-        # (precision 0.43, above the generator's 0.34 at step 0); with D 20
-        # and 2,000 updates they had become bars (precision 0.05). BUILD_NOTES.
-        c.burnin.length = 200
-        c.train.update(num_steps=5000, image_every=500, checkpoint_every=500)
-        c.eval.num_samples = 256
-        c.eval.batch_size = 128
-    elif arg == "toy2d":
-        common.toy2d(c)
-        c.model.generator = ""
-        c.init.source = "noise"
-        c.prior.temperature = 1.0
-        # A long burn-in (D 1000 draws x 20 steps: ~20K steps before a state
-        # updates the model) aligns the steady state; D 50 (~1K steps) did
-        # not. The Gaussian term bounds the tails (BUILD_NOTES, toy2d study).
-        c.langevin.tau = 2.0
-        c.burnin.update(size=500, steps=20, length=1000)
-        c.bank.size = 1000
-    elif arg == "smoke":
-        common.smoke(c)
-        c.model.generator = ""
-        c.init.source = "noise"
-        c.burnin.update(size=16, steps=2, length=2)
-    elif arg in ("cifar10", "cifar10_data"):
-        _paper(
-            c,
-            name="cifar10",
-            size=32,
-            ebm="ebm_sngan32",
-            gen="gen_sngan32",
-            temperature=1e-4,
-            noise_std=2e-2,
-            bank=10000,
-            lr0=2.5e-5,
-            joint=1.005,
-        )
-        if arg == "cifar10_data":  # cifar10_conv_sngan_data: no generator
-            c.init.source = "data"
-            c.model.generator = ""
-            c.generator.weights = ""
-    elif arg == "celeb_a":
-        _paper(
-            c,
-            name="celeb_a",
-            size=64,
-            ebm="ebm_sngan64",
-            gen="gen_sngan64",
-            temperature=1e-4,
-            noise_std=2e-2,
-            bank=15000,
-            lr0=2.5e-5,
-            joint=1.01,
-        )
-    elif arg == "imagenet2012":
-        # 64x64; the reference resizes a BigGAN-deep-128 generator to 64.
-        _paper(
-            c,
-            name="imagenet2012",
-            size=64,
-            ebm="ebm_sngan64",
-            gen="gen_biggan_deep128",
-            temperature=1e-5,
-            noise_std=1.5e-2,
-            bank=15000,
-            lr0=1e-4,
-            joint=1.01,
-        )
-        # DeepMind's BigGAN-deep-128 (tf2-model-clones layout), resized to 64.
-        c.model.generator_kwargs = common.Config()
-        c.generator.weights = "weights/biggan-tf2-128/weights"
-    else:
+    preset = _PRESETS.get(arg)
+    if preset is None:
         raise common.UnknownPreset("longrun", arg, PRESETS)
+    preset(c, arg)
     return c
+
+
+def _digits(c, arg):
+    # The frozen generator of the shortrun demo run (`python train.py`).
+    c.generator.weights = "runs/shortrun/digits"
+    # D 200 (8,040 steps before a state updates the model) and 5,000
+    # updates: after 100K steps its chains are on the data manifold
+    # (precision 0.43, above the generator's 0.34 at step 0); with D 20
+    # and 2,000 updates they had become bars (precision 0.05). BUILD_NOTES.
+    c.burnin.length = 200
+    c.train.update(num_steps=5000, image_every=500, checkpoint_every=500)
+    c.eval.num_samples = 256
+    c.eval.batch_size = 128
+
+
+def _toy2d(c, arg):
+    common.toy2d(c)
+    c.model.generator = ""
+    c.init.source = "noise"
+    c.prior.temperature = 1.0
+    # A long burn-in (D 1000 draws x 20 steps: ~20K steps before a state
+    # updates the model) aligns the steady state; D 50 (~1K steps) did
+    # not. The Gaussian term bounds the tails (BUILD_NOTES, toy2d study).
+    c.langevin.tau = 2.0
+    c.burnin.update(size=500, steps=20, length=1000)
+    c.bank.size = 1000
+
+
+def _smoke(c, arg):
+    common.smoke(c)
+    c.model.generator = ""
+    c.init.source = "noise"
+    c.burnin.update(size=16, steps=2, length=2)
+
+
+def _cifar10(c, arg):
+    _paper(
+        c,
+        name="cifar10",
+        size=32,
+        ebm="ebm_sngan32",
+        gen="gen_sngan32",
+        temperature=1e-4,
+        noise_std=2e-2,
+        bank=10000,
+        lr0=2.5e-5,
+        joint=1.005,
+    )
+    if arg == "cifar10_data":  # cifar10_conv_sngan_data: no generator
+        c.init.source = "data"
+        c.model.generator = ""
+        c.generator.weights = ""
+
+
+def _celeb_a(c, arg):
+    _paper(
+        c,
+        name="celeb_a",
+        size=64,
+        ebm="ebm_sngan64",
+        gen="gen_sngan64",
+        temperature=1e-4,
+        noise_std=2e-2,
+        bank=15000,
+        lr0=2.5e-5,
+        joint=1.01,
+    )
+
+
+def _imagenet2012(c, arg):
+    # 64x64; the reference resizes a BigGAN-deep-128 generator to 64.
+    _paper(
+        c,
+        name="imagenet2012",
+        size=64,
+        ebm="ebm_sngan64",
+        gen="gen_biggan_deep128",
+        temperature=1e-5,
+        noise_std=1.5e-2,
+        bank=15000,
+        lr0=1e-4,
+        joint=1.01,
+    )
+    # DeepMind's BigGAN-deep-128 (tf2-model-clones layout), resized to 64.
+    c.model.generator_kwargs = common.Config()
+    c.generator.weights = "weights/biggan-tf2-128/weights"
+
+
+_PRESETS = {
+    "digits": _digits,
+    "toy2d": _toy2d,
+    "smoke": _smoke,
+    "cifar10": _cifar10,
+    "cifar10_data": _cifar10,
+    "celeb_a": _celeb_a,
+    "imagenet2012": _imagenet2012,
+}

@@ -34,9 +34,19 @@ def get_config(arg="digits"):
     c.generator.update(trainable=False, batch_stats_in_training=False)
     c.generator.weights = f"runs/shortrun/{arg}"
     c.bank.max_updates = 0
+    c.defense = _defense(arg)
+    c.attack = _attack()
+    preset = _PRESETS.get(arg)
+    if preset is None:
+        raise common.UnknownPreset("midrun", arg, PRESETS)
+    preset(c, arg)
+    return c
+
+
+def _defense(arg):
     # Purification (evaluation): K_def steps at the attack config's eps and
     # T (the reference's attack_config_cifar10: 1e-2, 1e-4).
-    c.defense = common.Config(
+    return common.Config(
         dict(
             num_steps=2000,  # K_def
             step_size=0.0,  # purification eps; 0 = the training eps
@@ -48,9 +58,12 @@ def get_config(arg="digits"):
             classifier_input_range=(-1.0, 1.0),
         )
     )
+
+
+def _attack():
     # BPDA+EOT evaluation (ebm-life-cycle configs_attack/, CIFAR-10 values):
     # eps and step in [0, 1] pixel units (8/255), doubled on [-1, 1] images.
-    c.attack = common.Config(
+    return common.Config(
         dict(
             eps=8 / 255,
             step_size=2 / 255,  # eta
@@ -132,141 +145,158 @@ def get_config(arg="digits"):
             report_name="",  # the report goes to eval/attack/<report_name>
         )
     )
-    if arg == "digits":
-        # Data-rejuvenated (as cifar10_data), on the classifier's training
-        # part only: the defense is attacked on the held-out test images, so
-        # neither the EBM nor a generator may have seen them.
-        c.data.split = "classifier_train"
+
+
+def _digits(c, arg):
+    # Data-rejuvenated (as cifar10_data), on the classifier's training
+    # part only: the defense is attacked on the held-out test images, so
+    # neither the EBM nor a generator may have seen them.
+    c.data.split = "classifier_train"
+    c.init.source = "data"
+    c.model.generator = ""
+    c.generator.weights = ""
+    # Chains at eps 3e-2 (data noise 2 eps) that live ~K/p = 400 steps,
+    # 4000 annealed updates: of the EBMs tried (BUILD_NOTES, issue 13)
+    # the one whose chains purify best at large steps.
+    c.langevin.update(num_steps=40, step_size=3e-2)
+    c.bank.rejuvenation_prob = 0.1
+    c.data.noise_std = 6e-2
+    c.optim.ebm_lr = common.schedule((0, 2e-4), (3000, 2e-5), (3600, 2e-6))
+    c.train.update(num_steps=4000, image_every=500, checkpoint_every=500)
+    # Purification: 100 steps of eps 4e-2 at T 5e-5, i.e. 3.6 times the
+    # training drift per step (eps^2 / 2T 16 against 4.5): about the
+    # 400 training steps a bank state lives (p = K / K_def in drift
+    # units). Lower T (a stronger drift) purified better than more
+    # noise in the screens (BUILD_NOTES).
+    c.defense.update(num_steps=100, step_size=4e-2, temperature=5e-5)
+    # eps 0.15 (~38/255, 2.4 of the 16 grey levels) is the smallest
+    # tried at which PGD leaves the undefended digits CNN below 5% for
+    # every seed (BUILD_NOTES); eta eps/4 as the reference. H_adv / H_def
+    # sized for a 2-core CPU; 256 of the 360 held-out test images.
+    c.attack.update(
+        eps=0.15,
+        step_size=0.0375,
+        adv_replicates=8,
+        def_replicates=32,
+        num_images=256,
+        num_seeds=3,
+        adaptive=True,
+        adaptive_seeds=1,
+        k_def_curve=(0, 25, 50, 100, 200),
+        curve_images=64,
+        # Issue 24: the attacks that do not trust the pathwise gradient,
+        # on every image, one seed (the surrogate costs 8x BPDA, 80 min
+        # for 256 images here): the surrogate at the beta that broke
+        # most in the sweep (20, 50, 100, 200; BUILD_NOTES), then SPSA
+        # on what both left standing, at H_adv 2 and a pair step of 0.05
+        # (pixel units; the gradient check's finite differences were
+        # noise at a fifth of that).
+        surrogate=True,
+        surrogate_betas=(100.0,),
+        spsa=True,
+        spsa_samples=32,
+        spsa_delta=0.05,
+        spsa_replicates=2,
+        spsa_momentum=0.5,
+        spsa_cascade=True,
+        # BPDA+EOT and the surrogate again with twice the PGD steps on
+        # what all three left: their curves' last fifth past step 50.
+        long_steps=100,
+        gradient_check_images=4,
+    )
+
+
+def _smoke(c, arg):
+    common.smoke(c)
+    c.init.source = "noise"
+    c.generator.weights = ""
+    c.bank.rejuvenation_prob = 0.1
+    c.defense.update(num_steps=4, classifier_workdir="runs/classifier/digits")
+    c.attack.update(
+        eps=0.15,
+        step_size=0.05,
+        num_steps=2,
+        adv_replicates=2,
+        def_replicates=2,
+        num_images=8,
+        batch_size=4,
+        k_def_curve=(0, 2),
+        curve_images=4,
+        num_seeds=2,
+    )
+
+
+def _cifar10(c, arg):
+    c.data.update(name="cifar10", image_size=32, channels=3)
+    c.model.update(ebm="ebm_sngan32", generator="gen_sngan32", latent_dim=128)
+    c.model.ebm_kwargs = common.Config()
+    c.model.generator_kwargs = common.Config(dict(bn_epsilon=1e-3))
+    c.langevin.update(num_steps=100, step_size=1.25e-2, temperature=1e-4)
+    c.data.noise_std = 2.5e-2
+    c.bank.update(size=25000, rejuvenation_prob=0.05)
+    c.generator.weights = "runs/shortrun/cifar10"
+    c.defense.classifier_workdir = "runs/classifier/cifar10"
+    # attack_config_cifar10 purifies at 1e-2 whichever EBM it defends
+    # with (this one trains at 1.25e-2).
+    c.defense.step_size = 1e-2
+    if arg == "cifar10_data":  # cifar10_medconv_sngan_data
         c.init.source = "data"
         c.model.generator = ""
         c.generator.weights = ""
-        # Chains at eps 3e-2 (data noise 2 eps) that live ~K/p = 400 steps,
-        # 4000 annealed updates: of the EBMs tried (BUILD_NOTES, issue 13)
-        # the one whose chains purify best at large steps.
-        c.langevin.update(num_steps=40, step_size=3e-2)
-        c.bank.rejuvenation_prob = 0.1
-        c.data.noise_std = 6e-2
-        c.optim.ebm_lr = common.schedule((0, 2e-4), (3000, 2e-5), (3600, 2e-6))
-        c.train.update(num_steps=4000, image_every=500, checkpoint_every=500)
-        # Purification: 100 steps of eps 4e-2 at T 5e-5, i.e. 3.6 times the
-        # training drift per step (eps^2 / 2T 16 against 4.5): about the
-        # 400 training steps a bank state lives (p = K / K_def in drift
-        # units). Lower T (a stronger drift) purified better than more
-        # noise in the screens (BUILD_NOTES).
-        c.defense.update(num_steps=100, step_size=4e-2, temperature=5e-5)
-        # eps 0.15 (~38/255, 2.4 of the 16 grey levels) is the smallest
-        # tried at which PGD leaves the undefended digits CNN below 5% for
-        # every seed (BUILD_NOTES); eta eps/4 as the reference. H_adv / H_def
-        # sized for a 2-core CPU; 256 of the 360 held-out test images.
-        c.attack.update(
-            eps=0.15,
-            step_size=0.0375,
-            adv_replicates=8,
-            def_replicates=32,
-            num_images=256,
-            num_seeds=3,
-            adaptive=True,
-            adaptive_seeds=1,
-            k_def_curve=(0, 25, 50, 100, 200),
-            curve_images=64,
-            # Issue 24: the attacks that do not trust the pathwise gradient,
-            # on every image, one seed (the surrogate costs 8x BPDA, 80 min
-            # for 256 images here): the surrogate at the beta that broke
-            # most in the sweep (20, 50, 100, 200; BUILD_NOTES), then SPSA
-            # on what both left standing, at H_adv 2 and a pair step of 0.05
-            # (pixel units; the gradient check's finite differences were
-            # noise at a fifth of that).
-            surrogate=True,
-            surrogate_betas=(100.0,),
-            spsa=True,
-            spsa_samples=32,
-            spsa_delta=0.05,
-            spsa_replicates=2,
-            spsa_momentum=0.5,
-            spsa_cascade=True,
-            # BPDA+EOT and the surrogate again with twice the PGD steps on
-            # what all three left: their curves' last fifth past step 50.
-            long_steps=100,
-            gradient_check_images=4,
-        )
-    elif arg == "smoke":
-        common.smoke(c)
-        c.init.source = "noise"
-        c.generator.weights = ""
-        c.bank.rejuvenation_prob = 0.1
-        c.defense.update(num_steps=4, classifier_workdir="runs/classifier/digits")
-        c.attack.update(
-            eps=0.15,
-            step_size=0.05,
-            num_steps=2,
-            adv_replicates=2,
-            def_replicates=2,
-            num_images=8,
-            batch_size=4,
-            k_def_curve=(0, 2),
-            curve_images=4,
-            num_seeds=2,
-        )
-    elif arg in ("cifar10", "cifar10_data"):
-        c.data.update(name="cifar10", image_size=32, channels=3)
-        c.model.update(ebm="ebm_sngan32", generator="gen_sngan32", latent_dim=128)
-        c.model.ebm_kwargs = common.Config()
-        c.model.generator_kwargs = common.Config(dict(bn_epsilon=1e-3))
-        c.langevin.update(num_steps=100, step_size=1.25e-2, temperature=1e-4)
-        c.data.noise_std = 2.5e-2
-        c.bank.update(size=25000, rejuvenation_prob=0.05)
-        c.generator.weights = "runs/shortrun/cifar10"
-        c.defense.classifier_workdir = "runs/classifier/cifar10"
-        # attack_config_cifar10 purifies at 1e-2 whichever EBM it defends
-        # with (this one trains at 1.25e-2).
-        c.defense.step_size = 1e-2
-        if arg == "cifar10_data":  # cifar10_medconv_sngan_data
-            c.init.source = "data"
-            c.model.generator = ""
-            c.generator.weights = ""
-            c.langevin.step_size = 1e-2
-            c.data.noise_std = 2e-2
-            c.bank.update(size=20000, rejuvenation_prob=0.025)
-        c.optim.ebm_lr = ANNEAL
-        common.paper_training(c, 150000)
-    elif arg == "imagenet2012":
-        # imagenet_medconv_sngan: 224x224, the BigGAN-deep EBM and a frozen
-        # BigGAN-deep-256 generator resized to 224, DeepMind's weights as the
-        # tf2-model-clones notebook saves them (README: "ImageNet weights").
-        c.data.update(image_size=224, channels=3, noise_std=3e-2)
-        c.model.update(ebm="ebm_biggan", generator="gen_biggan_deep256", latent_dim=128)
-        c.model.ebm_kwargs = common.Config()
-        c.model.generator_kwargs = common.Config()
-        c.generator.weights = "weights/biggan-tf2-256/weights"
-        c.langevin.update(num_steps=100, step_size=2e-2, temperature=1e-5)
-        c.bank.update(size=10000, rejuvenation_prob=0.05)
-        c.defense.num_steps = 200
-        # Keras' EfficientNet-B7 as the reference defends it: 600x600 in
-        # [0, 255] (the EBM purifies at 224 in [-1, 1]), its weights from a
-        # local file (`:imagenet` downloads them where there is network).
-        c.defense.update(
-            classifier_workdir="keras.applications.EfficientNetB7:efficientnetb7.h5",
-            classifier_input_size=600,
-            classifier_input_range=(0.0, 255.0),
-        )
-        # attack_config_imagenet: validation, 8 x 100 images, 2/255, eta
-        # 1/255, H_adv 24 (the paper's table says 16), H_def 64.
-        c.attack.update(
-            eps=2 / 255,
-            step_size=1 / 255,
-            adv_replicates=24,
-            def_replicates=64,
-            num_images=800,
-            batch_size=8,
-            split="validation",
-        )
-        c.optim.ebm_lr = ANNEAL
-        common.paper_training(c, 150000, batch_size=64)
-    elif arg == "folder":
-        c.data.update(image_size=32, channels=3)
-        c.init.source = "data"
-        c.model.generator = ""
-        c.generator.weights = ""
-    else:
-        raise common.UnknownPreset("midrun", arg, PRESETS)
-    return c
+        c.langevin.step_size = 1e-2
+        c.data.noise_std = 2e-2
+        c.bank.update(size=20000, rejuvenation_prob=0.025)
+    c.optim.ebm_lr = ANNEAL
+    common.paper_training(c, 150000)
+
+
+def _imagenet2012(c, arg):
+    # imagenet_medconv_sngan: 224x224, the BigGAN-deep EBM and a frozen
+    # BigGAN-deep-256 generator resized to 224, DeepMind's weights as the
+    # tf2-model-clones notebook saves them (README: "ImageNet weights").
+    c.data.update(image_size=224, channels=3, noise_std=3e-2)
+    c.model.update(ebm="ebm_biggan", generator="gen_biggan_deep256", latent_dim=128)
+    c.model.ebm_kwargs = common.Config()
+    c.model.generator_kwargs = common.Config()
+    c.generator.weights = "weights/biggan-tf2-256/weights"
+    c.langevin.update(num_steps=100, step_size=2e-2, temperature=1e-5)
+    c.bank.update(size=10000, rejuvenation_prob=0.05)
+    c.defense.num_steps = 200
+    # Keras' EfficientNet-B7 as the reference defends it: 600x600 in
+    # [0, 255] (the EBM purifies at 224 in [-1, 1]), its weights from a
+    # local file (`:imagenet` downloads them where there is network).
+    c.defense.update(
+        classifier_workdir="keras.applications.EfficientNetB7:efficientnetb7.h5",
+        classifier_input_size=600,
+        classifier_input_range=(0.0, 255.0),
+    )
+    # attack_config_imagenet: validation, 8 x 100 images, 2/255, eta
+    # 1/255, H_adv 24 (the paper's table says 16), H_def 64.
+    c.attack.update(
+        eps=2 / 255,
+        step_size=1 / 255,
+        adv_replicates=24,
+        def_replicates=64,
+        num_images=800,
+        batch_size=8,
+        split="validation",
+    )
+    c.optim.ebm_lr = ANNEAL
+    common.paper_training(c, 150000, batch_size=64)
+
+
+def _folder(c, arg):
+    c.data.update(image_size=32, channels=3)
+    c.init.source = "data"
+    c.model.generator = ""
+    c.generator.weights = ""
+
+
+_PRESETS = {
+    "digits": _digits,
+    "smoke": _smoke,
+    "cifar10": _cifar10,
+    "cifar10_data": _cifar10,
+    "imagenet2012": _imagenet2012,
+    "folder": _folder,
+}
