@@ -165,10 +165,33 @@ def report(config, workdir, model, classifier, step, images, labels, shard=None)
         check = gradient_check(config, defended, images, labels, planned_attacks, out)
     if not shard.wait:
         return None
+    results = _results(config, defended, runs, len(images), step)
+    results.update(
+        gradient_check=check,
+        k_def_curve=curve,
+        seconds_total=time.perf_counter() - started,
+    )
+    with open(os.path.join(report_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    outputs.write_steps(report_dir, results["attacks"])
+    if curve:
+        outputs.write_curve(report_dir, curve, a)
+    outputs.write_tensorboard(
+        workdir, step, results["attacks"], curve, outputs.tensorboard_run(config)
+    )
+    outputs.print_results(results)
+    return results
+
+
+def _results(config, defended, runs, num_images, step):
+    """The report's figures: the settings, each attack over its seeds, the
+    worst case over the defended attacks and whose intervals clear the
+    undefended classifier's."""
+    a = config.attack
     defended_runs = {k: r for k, r in runs.items() if k != "undefended"}
     worst = summary.worst_case(defended_runs) if len(defended_runs) > 1 else None
     attacks = {k: summary.aggregate(r) for k, r in runs.items()}
-    results = dict(
+    return dict(
         checkpoint_step=step,
         **defended.settings(),  # k_def, step size, T, networks' digest
         eps=a.eps,
@@ -179,26 +202,13 @@ def report(config, workdir, model, classifier, step, images, labels, shard=None)
         norm=a.norm,
         adv_replicates=a.adv_replicates,
         def_replicates=a.def_replicates,
-        num_images=len(images),
+        num_images=num_images,
         split=a.split,
         seeds=plan.attack_seeds(config),
         attacks=attacks,
         worst_case=worst,
         disjoint=summary.disjoint_from_undefended(attacks, worst),
-        gradient_check=check,
-        k_def_curve=curve,
-        seconds_total=time.perf_counter() - started,
     )
-    with open(os.path.join(report_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    outputs.write_steps(report_dir, attacks)
-    if curve:
-        outputs.write_curve(report_dir, curve, a)
-    outputs.write_tensorboard(
-        workdir, step, attacks, curve, outputs.tensorboard_run(config)
-    )
-    outputs.print_results(results)
-    return results
 
 
 def k_def_curve(config, model, classifier, plain, each_seed):

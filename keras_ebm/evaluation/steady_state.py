@@ -98,21 +98,19 @@ def toy2d_steady_state(config, workdir, model, step):
     chains, _ = long_chains(config, workdir, model, starts)
     true_points = data.toy2d_sample(name, n, seed=config.seed + 8)
     coarse_truth = coarsen(truth)
+
+    def tv_histogram(points):
+        return total_variation(histogram_probabilities(points, limit), coarse_truth)
+
     results = {
         "checkpoint_step": step,
         "regime": config.regime,
         "density": name,
         "tv_grid": total_variation(model_p, truth),
         "kl_grid": kl_divergence(truth, model_p),
-        "tv_sampler_histogram": total_variation(
-            histogram_probabilities(sampler, limit), coarse_truth
-        ),
-        "tv_chains_histogram": total_variation(
-            histogram_probabilities(chains, limit), coarse_truth
-        ),
-        "tv_true_samples_histogram": total_variation(
-            histogram_probabilities(true_points, limit), coarse_truth
-        ),
+        "tv_sampler_histogram": tv_histogram(sampler),
+        "tv_chains_histogram": tv_histogram(chains),
+        "tv_true_samples_histogram": tv_histogram(true_points),
         # The grid density itself, histogrammed: what exact chains approach.
         "tv_model_to_truth_histogram_scale": total_variation(
             coarsen(model_p), coarse_truth
@@ -126,9 +124,7 @@ def toy2d_steady_state(config, workdir, model, step):
     panels_extra = []
     if ev.mala:
         mala, acceptance = long_chains(config, workdir, model, starts, sampler="mala")
-        results["tv_mala_chains_histogram"] = total_variation(
-            histogram_probabilities(mala, limit), coarse_truth
-        )
+        results["tv_mala_chains_histogram"] = tv_histogram(mala)
         results["mala_acceptance"] = acceptance
         label = (
             f"MALA {ev.num_steps} steps, TV {results['tv_mala_chains_histogram']:.3f}"
@@ -138,25 +134,21 @@ def toy2d_steady_state(config, workdir, model, step):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "steady_state.json"), "w") as f:
         json.dump(results, f, indent=2)
+    panels = [
+        ("truth", truth, None),
+        (f"grid steady state, TV {results['tv_grid']:.3f}", model_p, None),
+        (f"training sampler, TV {results['tv_sampler_histogram']:.3f}", None, sampler),
+        (
+            f"ULA {ev.num_steps} steps from data, "
+            f"TV {results['tv_chains_histogram']:.3f}",
+            None,
+            chains,
+        ),
+    ]
     _steady_state_figure(
         os.path.join(out, "steady_state.png"),
         limit,
-        [
-            ("truth", truth, None),
-            (f"grid steady state, TV {results['tv_grid']:.3f}", model_p, None),
-            (
-                f"training sampler, TV {results['tv_sampler_histogram']:.3f}",
-                None,
-                sampler,
-            ),
-            (
-                f"ULA {ev.num_steps} steps from data, "
-                f"TV {results['tv_chains_histogram']:.3f}",
-                None,
-                chains,
-            ),
-        ]
-        + panels_extra,
+        panels + panels_extra,
         f"{config.regime} on {name}, step {step}",
     )
     print(json.dumps(results, indent=2))
