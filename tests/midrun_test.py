@@ -120,7 +120,7 @@ def test_surrogate_spsa_and_the_gradient_check_in_the_report(smoke_runs, capsys)
     assert list(longer) == ["bpda_eot_n4", "surrogate_b5_n4", "surrogate_b50_n4"][
         : len(longer)
     ]
-    for k, r in longer.items():
+    for r in longer.values():
         assert r["settings"]["num_steps"] == 4 and r["cascade_of"] == [8]
         assert len(r["curve"]) == 4 + 2
     print("longer runs:", {k: r["num_images"] for k, r in longer.items()})
