@@ -17,12 +17,14 @@ import keras_ebm
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def readme_section(title):
-    """The Python blocks of the README section `## <title>`, in order."""
-    with open(os.path.join(REPO, "README.md")) as f:
+def python_blocks(page, title=None):
+    """The Python blocks of `page` (a path in the repository), of its
+    section `## <title>` only when given, in order."""
+    with open(os.path.join(REPO, page)) as f:
         text = f.read()
-    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    if title is not None:
+        text = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
 def clean_env():
@@ -32,9 +34,12 @@ def clean_env():
 
 
 @pytest.mark.slow
-def test_readme_library_examples_run_outside_the_clone(tmp_path):
-    blocks = readme_section("Use it as a library")
-    assert len(blocks) >= 2
+def test_readme_and_library_page_examples_run_outside_the_clone(tmp_path):
+    # The README's example, then docs/library.md's, which continues it.
+    readme = python_blocks("README.md", "Use it as a library")
+    page = python_blocks("docs/library.md")
+    assert len(readme) == 1 and len(page) == 1
+    blocks = readme + page
     where = "import keras_ebm\nprint('keras_ebm from', keras_ebm.__file__)\n"
     (tmp_path / "example.py").write_text("\n".join(blocks) + where)
     # Outside the repository, keras_ebm from the tree under test: the
@@ -59,8 +64,8 @@ def test_readme_library_examples_run_outside_the_clone(tmp_path):
     assert (tmp_path / "ring_ebm" / "saved_model.pb").exists()
 
 
-def test_the_readme_names_every_public_name():
-    with open(os.path.join(REPO, "README.md")) as f:
+def test_the_library_page_names_every_public_name():
+    with open(os.path.join(REPO, "docs", "library.md")) as f:
         text = f.read()
     listed = text.split("The public names are in", 1)[1].split("States are", 1)[0]
     named = set(re.findall(r"`(\w+)`", listed))
