@@ -85,6 +85,13 @@ class ConfigsTest(parameterized.TestCase):
         )
 
     def test_flags_resolve_to_config_files(self):
+        # The files the flags name are the package's presets themselves.
+        import keras_ebm.configs
+
+        self.assertEqual(
+            presets.CONFIGS,
+            os.path.dirname(os.path.abspath(keras_ebm.configs.__file__)),
+        )
         argv = presets.resolve_argv(
             ["train.py", "--regime=shortrun", "--dataset=cifar10"]
         )
