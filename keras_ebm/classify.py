@@ -106,6 +106,16 @@ def train(config, workdir):
     return model, float(test_accuracy)
 
 
+def trained_image_size(workdir):
+    """The image size the classifier in `workdir` trained at (its saved
+    config), or None where the run directory has no config."""
+    saved = os.path.join(workdir, "config.json")
+    if not os.path.exists(saved):
+        return None
+    with open(saved) as f:
+        return json.load(f)["data"]["image_size"]
+
+
 def load(config, workdir):
     """The trained classifier of a `classifier` run directory."""
     path = os.path.join(workdir, WEIGHTS)

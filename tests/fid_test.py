@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import classify, run
+from keras_ebm import classify, data, run
 from keras_ebm.configs import classifier as clf_configs
 from keras_ebm.configs import shortrun
 from keras_ebm.evaluation import fid, metrics, trajectory
@@ -269,6 +269,17 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
             assert realism[m] == fid.realism(ref["features"], fake, 3)
             assert realism[m] != fid.realism(ref["features"], fake, 5)
     assert summary["realism_k"] == 3
+    # Class shares: each milestone's saved features through the classifier's
+    # head, against the reference images' labels.
+    clf = classify.load(clf_config, clf_dir)
+    classes = summary["classes_along_chain"]
+    assert set(classes) == {"0", "3", "real data"}
+    with np.load(cache) as ref, np.load(saved) as chains:
+        reference = np.argmax(clf.logits(ref["features"]), -1)
+        for m in ("0", "3"):
+            fake = chains[f"f{m}"][: summary["num_samples"]]
+            labels = np.argmax(clf.logits(fake), -1)
+            assert classes[m] == metrics.class_balance(labels, reference, 10)
     (floor,) = glob.glob(os.path.join(workdir, "fid_cache", "*_floor.json"))
     assert "realism_k3" in json.load(open(floor))
     for name in (
@@ -279,6 +290,8 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
         "chain_trace.csv",
         "chain_trace.png",
         "realism.csv",
+        "classes_along_chain.csv",
+        "classes_along_chain.png",
     ):
         assert os.path.exists(os.path.join(workdir, "eval", name)), name
     assert os.listdir(os.path.join(workdir, "fid_cache"))
@@ -325,6 +338,24 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
         classify.load(other_size, clf_dir)
     assert len(glob.glob(os.path.join(workdir, "fid_cache", "*.npz"))) == 2
     assert changed["fid_along_chain"]["0"] != other["fid_along_chain"]["0"]
+
+
+def test_an_8x8_run_is_measured_by_the_16x16_classifier_as_its_data(tmp_path):
+    # The digits at 8x8 through the backbone of an 8x8 run (resized as the
+    # data were) give the features of the 16x16 digits: one yardstick.
+    clf_config = clf_configs.get_config("smoke")
+    clf_config.classifier.epochs = 1
+    clf_dir = str(tmp_path / "clf")
+    run.train(clf_config, clf_dir)
+    features = {}
+    for size in (8, 16):
+        config = shortrun.get_config("smoke")
+        config.data.image_size = size
+        config.eval.classifier_workdir = clf_dir
+        images, _ = data.load_digits(size)
+        features[size] = fid.backbone(config)(images[:64])
+    np.testing.assert_allclose(features[8], features[16], atol=1e-5)
+    assert np.abs(features[16]).max() > 0
 
 
 def test_evaluate_without_checkpoint_or_classifier(tmp_path):

@@ -90,3 +90,22 @@ def test_singular_covariances_give_a_finite_fid_without_warnings():
         warnings.simplefilter("error")
         value = metrics.fid_from_activations(a, b)
     assert value == pytest.approx(live, rel=1e-4)
+
+
+def test_class_balance_against_closed_forms():
+    reference = np.repeat(np.arange(10), [20] * 5 + [60] * 5)  # shares 0.05 / 0.15
+    even = metrics.class_balance(reference, reference, 10)
+    assert even["max_share_ratio"] == pytest.approx(1.0)
+    # H of five classes at 0.05 and five at 0.15, over log 10.
+    h = -5 * (0.05 * np.log(0.05) + 0.15 * np.log(0.15)) / np.log(10)
+    assert even["entropy"] == pytest.approx(h)
+    uniform = metrics.class_balance(np.arange(100) % 10, reference, 10)
+    assert uniform["entropy"] == pytest.approx(1.0)
+    # Class 0 holds 0.1 of the samples and 0.05 of the data: twice its share.
+    assert uniform["max_share_ratio"] == pytest.approx(2.0)
+    assert uniform["largest_class"] in range(5)
+    collapsed = metrics.class_balance(np.full(50, 7), reference, 10)
+    assert collapsed["entropy"] == pytest.approx(0.0)
+    assert collapsed["max_share_ratio"] == pytest.approx(1 / 0.15)
+    assert collapsed["largest_class"] == 7
+    assert collapsed["shares"] == [0.0] * 7 + [1.0] + [0.0] * 2

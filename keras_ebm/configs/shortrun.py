@@ -66,7 +66,7 @@ def get_config(arg="digits"):
     c.preset = arg  # the config's argument; `--workdir` alone finds it again
     c.data.name = arg
     if arg == "digits":
-        pass  # the base config is the digits demo
+        common.digits_demo(c)
     elif arg == "smoke":
         common.smoke(c)
     elif arg == "toy2d":

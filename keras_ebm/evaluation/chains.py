@@ -70,6 +70,7 @@ def fid_along_chains(config, workdir, model, step):
     )
     if real_realism:
         realism["real data"] = real_realism
+    classes = _classes_along_chain(ref, net, run["features"], ev.num_samples)
     summary = {
         "checkpoint_step": step,
         "settings": {**settings, **ref["settings"]},
@@ -81,6 +82,7 @@ def fid_along_chains(config, workdir, model, step):
         "fid_real_floor": floor,
         "realism_k": k,
         "realism_along_chain": realism,
+        "classes_along_chain": classes,
     }
     _write_outputs(config, workdir, net, summary, run, step)
     print_table(summary, net.name, ev.num_samples, ev.num_steps)
@@ -88,6 +90,25 @@ def fid_along_chains(config, workdir, model, step):
 
 
 REALISM = ("precision", "recall", "density", "coverage")
+
+
+def _classes_along_chain(ref, net, features, num_samples):
+    """`metrics.class_balance` of the samples at every milestone and of the
+    held-out real images, against the reference set, all labelled by the
+    backbone's classifier head; {} for a backbone without one."""
+    if net.logits is None:
+        return {}
+    real = net(ref["images"][:num_samples])
+    reference = net.classes(real)
+    num_classes = int(np.asarray(net.logits(real[:1])).shape[-1])
+    rows = {str(m): net.classes(f) for m, f in features.items()}
+    held_out = ref["images"][num_samples:]
+    if len(held_out):
+        rows["real data"] = net.classes(net(held_out))
+    return {
+        row: metrics.class_balance(labels, reference, num_classes)
+        for row, labels in rows.items()
+    }
 
 
 def _reference_set(config, workdir, net):
@@ -192,6 +213,8 @@ def _write_outputs(config, workdir, net, summary, run, step):
         floor=summary["fid_real_floor"],
     )
     save_trace(run["trace"], os.path.join(out, "chain_trace"), step)
+    if summary["classes_along_chain"]:
+        save_classes(summary, os.path.join(out, "classes_along_chain"), step)
     for m, states in run["snapshots"].items():
         callbacks.save_png(
             os.path.join(out, f"samples_{m:06d}.png"),
@@ -211,15 +234,22 @@ def print_table(summary, backbone, num_samples, eval_steps):
     """FID and realism at each milestone, the headline row marked, then
     the held-out real images' row (the floor)."""
     realism, k = summary["realism_along_chain"], summary["realism_k"]
+    classes = summary.get("classes_along_chain", {})
     floor = summary["fid_real_floor"]
     head = f"FID ({backbone}, {num_samples} samples)"
     if realism:
         head += f" | precision  recall  density  coverage (k {k})"
+    if classes:
+        head += " | classes: entropy/log C  top share/data's"
     print(f"\n{'Langevin steps':>15} | {head}")
 
     def cells(row):
-        r = realism.get(row)
-        return " | " + "  ".join(f"{r[n]:8.3f}" for n in REALISM) if r else ""
+        r, c = realism.get(row), classes.get(row)
+        text = " | " + "  ".join(f"{r[n]:8.3f}" for n in REALISM) if r else ""
+        if c:
+            top = f"{c['max_share_ratio']:.2f} ({c['largest_class']})"
+            text += f" | {c['entropy']:8.3f}  {top:>10}"
+        return text
 
     for m, v in sorted((int(m), v) for m, v in summary["fid_along_chain"].items()):
         mark = "  <- eval.num_steps" if m == eval_steps else ""
@@ -255,6 +285,78 @@ def real_floor(held_out, net, stats, cache, real=None, k=0):
     with open(path, "w") as f:
         json.dump(floor, f)
     return floor["fid"], floor.get(key)
+
+
+def save_classes(summary, prefix, step):
+    """The samples' class shares at every milestone (CSV, and a PNG of
+    stacked bars beside the FID, precision and coverage curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = summary["classes_along_chain"]
+    rows = sorted((r for r in classes if r != "real data"), key=int)
+    rows += [r for r in classes if r == "real data"]
+    shares = np.array([classes[r]["shares"] for r in rows])
+    with open(prefix + ".csv", "w") as f:
+        names = ",".join(f"class_{c}" for c in range(shares.shape[1]))
+        f.write(f"langevin_steps,entropy,max_share_ratio,{names}\n")
+        for r, row in zip(rows, shares, strict=True):
+            c = classes[r]
+            cells = ",".join(f"{v:.6f}" for v in row)
+            f.write(f"{r},{c['entropy']:.6f},{c['max_share_ratio']:.6f},{cells}\n")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    steps = [int(r) for r in rows if r != "real data"]
+    fids = [summary["fid_along_chain"][str(m)] for m in steps]
+    x = np.maximum(steps, 1)
+    left.plot(x, fids, "o-", color="k", label="FID")
+    if summary.get("fid_real_floor") is not None:
+        left.axhline(summary["fid_real_floor"], color="k", ls="--", lw=0.8)
+    left.set_xscale("log")
+    left.set_xlabel("Langevin steps (0 drawn at 1)")
+    left.set_ylabel("FID (dashed: held-out real)")
+    realism = summary["realism_along_chain"]
+    if realism:
+        twin = left.twinx()
+        for name, color in (("precision", "tab:blue"), ("coverage", "tab:orange")):
+            twin.plot(
+                x, [realism[str(m)][name] for m in steps], ".-", color=color, label=name
+            )
+        twin.plot(
+            x,
+            [classes[str(m)]["entropy"] for m in steps],
+            ".-",
+            color="tab:green",
+            label="class entropy / log C",
+        )
+        twin.set_ylim(0, 1.05)
+        twin.legend(loc="lower left", fontsize=8)
+    bottom = np.zeros(len(rows))
+    cmap = plt.get_cmap("tab10")
+    for c in range(shares.shape[1]):
+        right.bar(
+            range(len(rows)),
+            shares[:, c],
+            bottom=bottom,
+            color=cmap(c % 10),
+            label=str(c),
+        )
+        bottom += shares[:, c]
+    right.set_xticks(
+        range(len(rows)),
+        [r if r == "real data" else f"{int(r):,}" for r in rows],
+        rotation=30,
+        fontsize=8,
+    )
+    right.set_ylabel("share of samples (classifier's labels)")
+    right.set_xlabel("Langevin steps")
+    right.legend(
+        title="class", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left"
+    )
+    fig.suptitle(f"samples along the chains, checkpoint {step}")
+    fig.savefig(prefix + ".png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def save_trace(trace, prefix, step):

@@ -20,6 +20,7 @@ import tarfile
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm import data
 from keras_ebm.errors import ConfigError
 from keras_ebm.evaluation import metrics
 from keras_ebm.runs import files
@@ -38,11 +39,20 @@ class Backbone:
     statistics and features computed with other weights are never reused.
     """
 
-    def __init__(self, name, fn, batch_size=100, fingerprint=""):
+    def __init__(self, name, fn, batch_size=100, fingerprint="", logits=None):
         # Compiled: called eagerly, a Keras network runs op by op.
         self.fn = tf.function(fn)
         self.name, self.batch_size = name, batch_size
         self.fingerprint = fingerprint
+        # features -> class logits, where the backbone is a classifier: the
+        # samples' class histogram along the chains.
+        self.logits = logits
+
+    def classes(self, features):
+        """Class labels `[N]` of `features`, or None (no classifier head)."""
+        if self.logits is None:
+            return None
+        return np.argmax(np.asarray(self.logits(np.asarray(features))), -1)
 
     def __call__(self, images):
         images = np.asarray(images, np.float32)
@@ -165,15 +175,23 @@ def backbone(config):
         from keras_ebm import classify
         from keras_ebm.configs import classifier as clf_configs
 
+        size = config.data.image_size
+        trained = classify.trained_image_size(ev.classifier_workdir)
         clf_config = clf_configs.get_config("digits")
-        clf_config.data.image_size = config.data.image_size
+        # A smaller run (8x8) is seen at the classifier's size through the
+        # resize that made the classifier's own images: one yardstick.
+        resize = trained is not None and size < trained
+        clf_config.data.image_size = trained if resize else size
         model = classify.load(clf_config, ev.classifier_workdir)
         weights = os.path.join(ev.classifier_workdir, classify.WEIGHTS)
+
+        def features(x):
+            if resize:
+                x = data.resize_digits(x, trained)
+            return model.features(x, training=False)
+
         return Backbone(
-            "digits",
-            lambda x: model.features(x, training=False),
-            256,
-            files.sha256(weights),
+            "digits", features, 256, files.sha256(weights), logits=model.logits
         )
     if ev.backbone == "inception_ttur":
         path = ev.inception_graph

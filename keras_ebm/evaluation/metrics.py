@@ -55,3 +55,29 @@ def fid_from_activations(act1: np.ndarray, act2: np.ndarray) -> float:
     return fid_from_statistics(
         *activation_statistics(act1), *activation_statistics(act2)
     )
+
+
+def class_balance(labels, reference_labels, num_classes):
+    """How evenly `labels` (classes a classifier gives to samples) cover
+    the classes, against `reference_labels` (the same classifier on real
+    data).
+
+    With p_c the samples' share of class c and q_c the reference's:
+    `entropy = H(p) / log C` (1 = uniform) and `max_share_ratio =
+    max_c p_c / q_c` (1 = no class above its data share; 2 = some class
+    at twice its share).
+
+    Returns:
+        `{"entropy", "max_share_ratio", "largest_class", "shares": [C]}`.
+    """
+    p = np.bincount(np.asarray(labels, np.int64), minlength=num_classes) / len(labels)
+    q = np.bincount(np.asarray(reference_labels, np.int64), minlength=num_classes)
+    q = q / len(reference_labels)
+    nonzero = p[p > 0]
+    ratio = p / np.maximum(q, 1e-12)
+    return {
+        "entropy": float(-(nonzero * np.log(nonzero)).sum() / np.log(num_classes)),
+        "max_share_ratio": float(ratio.max()),
+        "largest_class": int(np.argmax(ratio)),
+        "shares": [float(v) for v in p],
+    }
