@@ -148,6 +148,22 @@ def test_longrun_and_prior_presets_have_valid_fields(dataset):
         run.training.check_config(prior.get_config(dataset))
 
 
+def test_longrun_digits_freezes_the_demo_generator():
+    # The longrun preset loads the demo run's generator: same folder, same
+    # network, same resolution, or its weights would not load.
+    from keras_ebm.configs import longrun
+
+    demo, c = shortrun.get_config("digits"), longrun.get_config("digits")
+    assert c.generator.weights == presets.default_workdir(demo)
+    for field in ("generator", "generator_kwargs", "latent_dim"):
+        assert c.model[field] == demo.model[field], field
+    assert c.data.image_size == demo.data.image_size == 8
+    assert c.model.ebm_kwargs.width == 32 and demo.model.ebm_kwargs.width == 64
+    # The demo's values, not the shared defaults (which the midrun preset keeps).
+    assert (demo.train.num_steps, demo.optim.ebm_lr.rates) == (1400, (4e-4,))
+    assert demo.train.precision == "bfloat16"
+
+
 def test_longrun_reference_values():
     from keras_ebm.configs import longrun, prior
 
