@@ -36,6 +36,9 @@ from keras_ebm.cli import parse  # noqa: E402
 
 flags.DEFINE_integer("steps", 2000, "ULA and MALA steps from the chain starts")
 flags.DEFINE_integer("chains", 128, "chains per sampler")
+flags.DEFINE_multi_float(
+    "mala_step_size", [], "MALA step sizes eps (default: the evaluation's)"
+)
 FLAGS = flags.FLAGS
 
 CLASSES = 10
@@ -54,6 +57,8 @@ def per_class(energy, labels):
 def row(name, images, labels, model, temperature):
     import numpy as np
 
+    from keras_ebm.evaluation import metrics
+
     energy = np.concatenate(
         [np.asarray(model.energy(b)) for b in np.array_split(images, 8) if len(b)]
     )
@@ -62,6 +67,8 @@ def row(name, images, labels, model, temperature):
         name=name,
         num=int(len(images)),
         shares=(counts / len(images)).tolist(),
+        # The class entropy over log 10 (1: every class equally often).
+        entropy=metrics.class_balance(labels, np.arange(CLASSES), CLASSES)["entropy"],
         mean_energy=means.tolist(),
         # In nats of U = E/T: how far each class's mean sits above the
         # lowest class's.
@@ -75,7 +82,8 @@ def print_rows(title, rows):
     print("|---" * (CLASSES + 2) + "|")
     for r in rows:
         shares = " | ".join(f"{s:.2f}" for s in r["shares"])
-        print(f"| {r['name']} (share) | {r['num']} | {shares} |")
+        head = f"{r['name']} (share; entropy {r['entropy']:.3f})"
+        print(f"| {head} | {r['num']} | {shares} |")
         gaps = " | ".join(f"{g:.0f}" for g in r["gap_nats"])
         print(f"| {r['name']} (mean E - min, nats) | | {gaps} |")
 
@@ -117,14 +125,21 @@ def main(_):
     config.eval.num_steps = FLAGS.steps
     chains = [row("chain starts", starts, labelled(starts), model, temperature)]
     acceptance = {}
-    for sampler in ("ula", "mala"):
-        x, acceptance[sampler] = steady_state.long_chains(
+    eps = config.eval.step_size
+    runs = [("ula", eps)] + [("mala", e) for e in FLAGS.mala_step_size or [eps]]
+    for sampler, step_size in runs:
+        config.eval.step_size = step_size
+        x, rate = steady_state.long_chains(
             config, workdir, model, starts, sampler=sampler
         )
-        name = f"{sampler} {FLAGS.steps} steps"
+        name = f"{sampler} eps {step_size:g}, {FLAGS.steps} steps"
+        acceptance[name] = rate
         chains.append(row(name, x, labelled(x), model, temperature))
+    config.eval.step_size = eps
     print_rows(f"The same {FLAGS.chains} chains, ULA and MALA", chains)
-    print(f"\nMALA acceptance {acceptance['mala']:.3f}")
+    for name, rate in acceptance.items():
+        if name.startswith("mala"):
+            print(f"\n{name}: acceptance {rate:.3f}")
     out = os.path.join(workdir, "eval", "diagnosis.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
@@ -134,7 +149,7 @@ def main(_):
                 temperature=temperature,
                 rows=rows,
                 chains=chains,
-                mala_acceptance=acceptance["mala"],
+                acceptance=acceptance,
             ),
             f,
             indent=2,
