@@ -280,6 +280,11 @@ def test_classifier_then_evaluate_smoke_run(tmp_path):
             fake = chains[f"f{m}"][: summary["num_samples"]]
             labels = np.argmax(clf.logits(fake), -1)
             assert classes[m] == metrics.class_balance(labels, reference, 10)
+    # The real row: the held-out images (the floor's), labelled afresh.
+    n = summary["num_samples"]
+    held_out = data.take_array(data.images(config), 2 * n)[n:]
+    labels = np.argmax(clf(held_out), -1)
+    assert classes["real data"] == metrics.class_balance(labels, reference, 10)
     (floor,) = glob.glob(os.path.join(workdir, "fid_cache", "*_floor.json"))
     assert "realism_k3" in json.load(open(floor))
     for name in (

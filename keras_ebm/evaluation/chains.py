@@ -98,7 +98,8 @@ def _classes_along_chain(ref, net, features, num_samples):
     backbone's classifier head; {} for a backbone without one."""
     if net.logits is None:
         return {}
-    real = net(ref["images"][:num_samples])
+    # The reference set's features are cached beside its statistics.
+    real = fid.reference_features(ref["images"][:num_samples], net, ref["cache"])
     reference = net.classes(real)
     num_classes = int(np.asarray(net.logits(real[:1])).shape[-1])
     rows = {str(m): net.classes(f) for m, f in features.items()}
