@@ -106,14 +106,20 @@ def train(config, workdir):
     return model, float(test_accuracy)
 
 
-def trained_image_size(workdir):
-    """The image size the classifier in `workdir` trained at (its saved
-    config), or None where the run directory has no config."""
+def _trained_data(workdir):
+    """The `data` section the classifier in `workdir` trained with (its
+    saved config), or None where the run directory has no config."""
     saved = os.path.join(workdir, "config.json")
     if not os.path.exists(saved):
         return None
     with open(saved) as f:
-        return json.load(f)["data"]["image_size"]
+        return json.load(f)["data"]
+
+
+def trained_image_size(workdir):
+    """The image size the classifier in `workdir` trained at, or None."""
+    trained = _trained_data(workdir)
+    return None if trained is None else trained["image_size"]
 
 
 def load(config, workdir):
@@ -124,10 +130,8 @@ def load(config, workdir):
             f"no trained classifier at {path}; train one with "
             f"`python train.py --regime=classifier --dataset={config.data.name}`"
         )
-    saved = os.path.join(workdir, "config.json")
-    if os.path.exists(saved):
-        with open(saved) as f:
-            trained = json.load(f)["data"]
+    trained = _trained_data(workdir)
+    if trained is not None:
         size = (trained["image_size"], trained["channels"])
         wanted = (config.data.image_size, config.data.channels)
         if size != wanted:
